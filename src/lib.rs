@@ -1,0 +1,1 @@
+//! dspex: run DSPy programs from Rust over a supervised pool of Python workers.
