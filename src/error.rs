@@ -24,7 +24,10 @@ pub enum Error {
     Validation(#[from] crate::signature::ValidationError),
     /// A wait ran out.
     #[error("timeout ({stage}): {message}")]
-    Timeout { stage: TimeoutStage, message: String },
+    Timeout {
+        stage: TimeoutStage,
+        message: String,
+    },
     /// The wait queue is full, or too many sessions.
     #[error("pool busy: {0}")]
     PoolBusy(String),
@@ -84,13 +87,26 @@ impl Error {
 impl From<ActorError> for Error {
     fn from(e: ActorError) -> Self {
         match e {
-            ActorError::Timeout { stage, .. } => Error::Timeout { stage, message: e.to_string() },
-            ActorError::PoolBusy { .. } | ActorError::TooManySessions { .. } => Error::PoolBusy(e.to_string()),
+            ActorError::Timeout { stage, .. } => Error::Timeout {
+                stage,
+                message: e.to_string(),
+            },
+            ActorError::PoolBusy { .. } | ActorError::TooManySessions { .. } => {
+                Error::PoolBusy(e.to_string())
+            }
             ActorError::WorkerCrashed { .. } => Error::WorkerCrashed(e.to_string()),
             ActorError::Protocol(m) => Error::Protocol(m),
-            ActorError::Python { error_type, message, traceback } => match error_type.as_str() {
+            ActorError::Python {
+                error_type,
+                message,
+                traceback,
+            } => match error_type.as_str() {
                 "LMError" => Error::Lm(message),
-                _ => Error::Python { error_type, message, traceback },
+                _ => Error::Python {
+                    error_type,
+                    message,
+                    traceback,
+                },
             },
             ActorError::SessionNotFound(id) => Error::SessionNotFound(id),
             ActorError::Spawn(m) => Error::Environment(m),

@@ -11,8 +11,8 @@ use actix::prelude::*;
 use dspex_actors::launcher::WorkerLauncher;
 use dspex_actors::session::{self, SessionInfo, SessionMetrics};
 use dspex_actors::supervisor::{
-    AwaitReady, CrashTarget, Execute, GetStatus, InjectCrash, Shutdown, Supervisor, SystemHealth, SystemStatus,
-    ToRegistry,
+    AwaitReady, CrashTarget, Execute, GetStatus, InjectCrash, Shutdown, Supervisor, SystemHealth,
+    SystemStatus, ToRegistry,
 };
 use dspex_actors::worker::process::ProcessLauncher;
 use dspex_actors::ActorError;
@@ -61,7 +61,12 @@ pub struct Call {
 
 impl Call {
     pub fn new(command: impl Into<String>, args: Value) -> Self {
-        Call { command: command.into(), args, session_id: None, timeout: None }
+        Call {
+            command: command.into(),
+            args,
+            session_id: None,
+            timeout: None,
+        }
     }
 
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
@@ -119,7 +124,13 @@ impl Builder {
     /// `environment` when Python or the venv cannot be prepared or no worker can start
     /// (the message carries the worker's own error, e.g. a failing handler import).
     pub async fn start(self) -> Result<System> {
-        let Builder { config, launcher, python, require_dspy, wait_ready } = self;
+        let Builder {
+            config,
+            launcher,
+            python,
+            require_dspy,
+            wait_ready,
+        } = self;
         let name = unique_name(&config.system.name);
         let actors = config.actors_config();
         let (started_tx, started_rx) = oneshot::channel::<Result<Addr<Supervisor>>>();
@@ -127,45 +138,63 @@ impl Builder {
         let (done_tx, done_rx) = watch::channel(false);
         let thread_config = config.clone();
         let thread_name = name.clone();
-        let spawned = std::thread::Builder::new().name(format!("dspex-{name}")).spawn(move || {
-            let launcher = match launcher {
-                Some(launcher) => launcher,
-                None => match python_launcher(&thread_config, python, require_dspy) {
-                    Ok(launcher) => launcher,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e));
-                        let _ = done_tx.send(true);
-                        return;
+        let spawned = std::thread::Builder::new()
+            .name(format!("dspex-{name}"))
+            .spawn(move || {
+                let launcher = match launcher {
+                    Some(launcher) => launcher,
+                    None => match python_launcher(&thread_config, python, require_dspy) {
+                        Ok(launcher) => launcher,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                            let _ = done_tx.send(true);
+                            return;
+                        }
+                    },
+                };
+                let kill_timeout = thread_config.shutdown.kill_timeout;
+                let graceful = thread_config.shutdown.graceful_timeout;
+                let runtime = actix_rt::System::new();
+                runtime.block_on(async move {
+                    let supervisor = Supervisor::new(thread_name.clone(), actors, launcher).start();
+                    let _ = started_tx.send(Ok(supervisor.clone()));
+                    if stop_rx.recv().await.is_none() {
+                        // Every handle was dropped without a shutdown: stop the workers anyway,
+                        // so no Python process outlives its system.
+                        log::debug!("system {thread_name}: last handle dropped; shutting down");
+                        let stop = supervisor.send(Shutdown {
+                            graceful: Duration::ZERO,
+                        });
+                        let _ = tokio::time::timeout(graceful + kill_timeout * 2, stop).await;
                     }
-                },
-            };
-            let kill_timeout = thread_config.shutdown.kill_timeout;
-            let graceful = thread_config.shutdown.graceful_timeout;
-            let runtime = actix_rt::System::new();
-            runtime.block_on(async move {
-                let supervisor = Supervisor::new(thread_name.clone(), actors, launcher).start();
-                let _ = started_tx.send(Ok(supervisor.clone()));
-                if stop_rx.recv().await.is_none() {
-                    // Every handle was dropped without a shutdown: stop the workers anyway,
-                    // so no Python process outlives its system.
-                    log::debug!("system {thread_name}: last handle dropped; shutting down");
-                    let stop = supervisor.send(Shutdown { graceful: Duration::ZERO });
-                    let _ = tokio::time::timeout(graceful + kill_timeout * 2, stop).await;
-                }
+                });
+                drop(runtime);
+                let _ = done_tx.send(true);
             });
-            drop(runtime);
-            let _ = done_tx.send(true);
-        });
         if let Err(e) = spawned {
-            return Err(Error::Environment(format!("cannot spawn the actor system thread: {e}")));
+            return Err(Error::Environment(format!(
+                "cannot spawn the actor system thread: {e}"
+            )));
         }
-        let supervisor = started_rx
-            .await
-            .map_err(|_| Error::SystemFailed("the actor system thread ended during start-up".into()))??;
+        let supervisor = started_rx.await.map_err(|_| {
+            Error::SystemFailed("the actor system thread ended during start-up".into())
+        })??;
         let system = System {
-            inner: Arc::new(Inner { name, config, supervisor, stop: stop_tx, done: done_rx }),
+            inner: Arc::new(Inner {
+                name,
+                config,
+                supervisor,
+                stop: stop_tx,
+                done: done_rx,
+            }),
         };
-        let ready = system.inner.supervisor.send(AwaitReady { min_ready: wait_ready }).await;
+        let ready = system
+            .inner
+            .supervisor
+            .send(AwaitReady {
+                min_ready: wait_ready,
+            })
+            .await;
         match ready {
             Ok(Ok(())) => Ok(system),
             Ok(Err(e)) => {
@@ -177,21 +206,36 @@ impl Builder {
                     other => Error::from(other),
                 })
             }
-            Err(_) => Err(Error::SystemFailed("the supervisor stopped during start-up".into())),
+            Err(_) => Err(Error::SystemFailed(
+                "the supervisor stopped during start-up".into(),
+            )),
         }
     }
 }
 
 fn unique_name(base: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded per instance: distinct systems get distinct suffixes without
-    // any process-wide counter.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    format!("{base}-{:06x}", h.finish() & 0xff_ffff)
+    format!("{base}-{}", random_suffix())
 }
 
-fn python_launcher(config: &Config, env: Option<PythonEnv>, require_dspy: bool) -> Result<Arc<dyn WorkerLauncher>> {
+/// Eight random hex digits. `RandomState` is seeded afresh for every instance, so
+/// distinct systems and sessions get distinct ids without any process-wide counter.
+pub(crate) fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:08x}", h.finish() as u32)
+}
+
+fn python_launcher(
+    config: &Config,
+    env: Option<PythonEnv>,
+    require_dspy: bool,
+) -> Result<Arc<dyn WorkerLauncher>> {
     let env = match env {
         Some(env) => env,
         None => {
@@ -214,7 +258,13 @@ impl System {
 
     /// Configure how the system starts before starting it.
     pub fn builder(config: Config) -> Builder {
-        Builder { config, launcher: None, python: None, require_dspy: true, wait_ready: 1 }
+        Builder {
+            config,
+            launcher: None,
+            python: None,
+            require_dspy: true,
+            wait_ready: 1,
+        }
     }
 
     /// The unique name of this system (`system.name` plus a random suffix); worker ids
@@ -260,14 +310,16 @@ impl System {
             Ok(status) if status.health == SystemHealth::Failed => {
                 Error::SystemFailed(status.failure.unwrap_or_default())
             }
-            Ok(_) => Error::WorkerCrashed("the request was lost while the pool restarted; retry it".into()),
+            Ok(_) => Error::WorkerCrashed(
+                "the request was lost while the pool restarted; retry it".into(),
+            ),
             Err(_) => Error::ShuttingDown,
         }
     }
 
     async fn registry<M>(&self, msg: M) -> Result<M::Result>
     where
-        M: Message + Send + 'static,
+        M: Message + Clone + Send + 'static,
         M::Result: Send,
         session::SessionRegistry: actix::Handler<M>,
     {
@@ -279,12 +331,21 @@ impl System {
 
     /// Track a session (idempotent: tracking it again returns the existing one).
     pub async fn track_session(&self, session_id: &str) -> Result<SessionInfo> {
-        Ok(self.registry(session::Track { session_id: session_id.into() }).await??)
+        Ok(self
+            .registry(session::Track {
+                session_id: session_id.into(),
+            })
+            .await??)
     }
 
     /// Mark a session as active now.
     pub async fn touch_session(&self, session_id: &str) -> Result<()> {
-        Ok(self.registry(session::Touch { session_id: session_id.into(), create: false }).await??)
+        Ok(self
+            .registry(session::Touch {
+                session_id: session_id.into(),
+                create: false,
+            })
+            .await??)
     }
 
     /// End a session; workers drop its cached programs.
@@ -293,12 +354,20 @@ impl System {
     ///
     /// `session_not_found` for an unknown id.
     pub async fn end_session(&self, session_id: &str) -> Result<SessionInfo> {
-        Ok(self.registry(session::End { session_id: session_id.into() }).await??)
+        Ok(self
+            .registry(session::End {
+                session_id: session_id.into(),
+            })
+            .await??)
     }
 
     /// One session.
     pub async fn session(&self, session_id: &str) -> Result<SessionInfo> {
-        Ok(self.registry(session::Get { session_id: session_id.into() }).await??)
+        Ok(self
+            .registry(session::Get {
+                session_id: session_id.into(),
+            })
+            .await??)
     }
 
     /// All sessions, sorted by id.
@@ -318,23 +387,34 @@ impl System {
 
     /// A session's opaque JSON state.
     pub async fn session_state(&self, session_id: &str) -> Result<Value> {
-        Ok(self.registry(session::GetState { session_id: session_id.into() }).await??)
+        Ok(self
+            .registry(session::GetState {
+                session_id: session_id.into(),
+            })
+            .await??)
     }
 
     /// Change a session's state atomically (inside the registry); returns what `update`
     /// returned.
     pub async fn update_session_state<F>(&self, session_id: &str, update: F) -> Result<Value>
     where
-        F: FnOnce(&mut Value) -> std::result::Result<Value, ActorError> + Send + 'static,
+        F: Fn(&mut Value) -> std::result::Result<Value, ActorError> + Send + Sync + 'static,
     {
         Ok(self
-            .registry(session::UpdateState { session_id: session_id.into(), update: Box::new(update) })
+            .registry(session::UpdateState {
+                session_id: session_id.into(),
+                update: Arc::new(update),
+            })
             .await??)
     }
 
     /// Health, workers, sessions and metrics.
     pub async fn status(&self) -> Result<SystemStatus> {
-        self.inner.supervisor.send(GetStatus).await.map_err(|_| Error::ShuttingDown)
+        self.inner
+            .supervisor
+            .send(GetStatus)
+            .await
+            .map_err(|_| Error::ShuttingDown)
     }
 
     /// System health alone.
@@ -347,13 +427,20 @@ impl System {
 
     /// Ping every idle worker now, then report status (unhealthy workers get replaced).
     pub async fn health_check(&self) -> Result<SystemStatus> {
-        self.inner.supervisor.do_send(dspex_actors::supervisor::RunHealthCheck);
+        self.inner
+            .supervisor
+            .do_send(dspex_actors::supervisor::RunHealthCheck);
         self.status().await
     }
 
     /// Wait until at least `workers` workers are ready (capped at `pool.size`).
     pub async fn wait_ready(&self, workers: usize) -> Result<()> {
-        match self.inner.supervisor.send(AwaitReady { min_ready: workers }).await {
+        match self
+            .inner
+            .supervisor
+            .send(AwaitReady { min_ready: workers })
+            .await
+        {
             Ok(r) => r.map_err(Error::from),
             Err(_) => Err(Error::ShuttingDown),
         }
@@ -386,6 +473,8 @@ impl System {
 
 impl std::fmt::Debug for System {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("System").field("name", &self.inner.name).finish()
+        f.debug_struct("System")
+            .field("name", &self.inner.name)
+            .finish()
     }
 }

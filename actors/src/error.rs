@@ -40,7 +40,9 @@ pub enum ActorError {
     #[error("pool is busy: {queued} requests already queued (pool.max_queue); retry later or raise pool.size / pool.max_queue")]
     PoolBusy { queued: usize },
     /// The worker process died while handling the request (after retries).
-    #[error("worker {worker_id} died while handling the request ({reason}); last output: {last_output}")]
+    #[error(
+        "worker {worker_id} died while handling the request ({reason}); last output: {last_output}"
+    )]
     WorkerCrashed {
         worker_id: String,
         reason: String,
@@ -90,7 +92,11 @@ impl ActorError {
         }
     }
 
-    pub(crate) fn timeout(stage: TimeoutStage, elapsed: std::time::Duration, hint: impl Into<String>) -> Self {
+    pub(crate) fn timeout(
+        stage: TimeoutStage,
+        elapsed: std::time::Duration,
+        hint: impl Into<String>,
+    ) -> Self {
         ActorError::Timeout {
             stage,
             elapsed_ms: elapsed.as_millis() as u64,

@@ -1,14 +1,40 @@
 //! How a Worker gets its process (or in-memory stand-in). Spawning goes through the
 //! [`WorkerLauncher`] trait so that a pre-forking launcher can be added later without
 //! touching the actors.
+//!
+//! Two launchers exist: [`ProcessLauncher`] starts real processes, and
+//! [`InMemoryLauncher`] runs a scripted fake worker on in-memory pipes for tests.
 
 use crate::error::ActorError;
 use crate::worker::transport::Connection;
+use std::sync::Arc;
+
+pub use crate::testing::InMemoryLauncher;
+pub use crate::worker::process::{LaunchSpec, ProcessLauncher, TransportKind};
 
 /// Starts one worker and returns the host's ends of its transport.
 ///
 /// Called on the actor system's thread from inside a running actix context, so
 /// implementations may spawn local tasks.
 pub trait WorkerLauncher: Send + Sync + 'static {
+    /// Starts the worker named `worker_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::Spawn`] when the worker cannot be started.
     fn launch(&self, worker_id: &str) -> Result<Connection, ActorError>;
+}
+
+/// Lets a test keep a handle on its launcher (to read counters) while the system owns
+/// another.
+impl<L: WorkerLauncher + ?Sized> WorkerLauncher for Arc<L> {
+    fn launch(&self, worker_id: &str) -> Result<Connection, ActorError> {
+        (**self).launch(worker_id)
+    }
+}
+
+impl<L: WorkerLauncher + ?Sized> WorkerLauncher for Box<L> {
+    fn launch(&self, worker_id: &str) -> Result<Connection, ActorError> {
+        (**self).launch(worker_id)
+    }
 }

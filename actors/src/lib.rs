@@ -19,6 +19,9 @@ pub mod supervisor;
 pub mod testing;
 pub mod worker;
 
-pub use config::{ActorsConfig, Affinity, PoolConfig, SessionConfig, ShutdownConfig, SupervisorConfig, WorkerConfig};
+pub use config::{
+    ActorsConfig, Affinity, PoolConfig, SessionConfig, ShutdownConfig, SupervisorConfig,
+    WorkerConfig,
+};
 pub use error::{ActorError, TimeoutStage};
 pub use launcher::WorkerLauncher;

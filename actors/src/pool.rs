@@ -494,7 +494,10 @@ impl PoolManager {
 
     fn wake_ready_waiters(&mut self) {
         let ready = self.ready_count();
-        let (now, later): (Vec<_>, Vec<_>) = self.ready_waiters.drain(..).partition(|(min, _)| ready >= *min);
+        let (now, later): (Vec<_>, Vec<_>) = self
+            .ready_waiters
+            .drain(..)
+            .partition(|(min, _)| ready >= *min);
         self.ready_waiters = later;
         for (_, waiter) in now {
             let _ = waiter.send(Ok(()));
@@ -764,7 +767,8 @@ impl Handler<WaitReady> for PoolManager {
         if self.shutdown.is_some() {
             let _ = msg.reply.send(Err(ActorError::ShuttingDown));
         } else {
-            self.ready_waiters.push((msg.min_ready.min(self.config.size), msg.reply));
+            self.ready_waiters
+                .push((msg.min_ready.min(self.config.size), msg.reply));
             self.wake_ready_waiters();
         }
     }

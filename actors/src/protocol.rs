@@ -1,10 +1,26 @@
 //! Wire protocol between the host and a worker: a 4-byte big-endian length, then that many
 //! bytes of UTF-8 JSON. See DESIGN.md "Wire protocol".
 //!
-//! STUB: interface fixed, implementation owned by the protocol/transport helper.
+//! The message types live here together with [`FrameCodec`], the one codec both sides use:
+//! the host decodes [`Response`]s and encodes [`Request`]s, the in-memory fake worker in
+//! [`crate::testing`] does the reverse. Keeping both directions on one codec means the fake
+//! exercises exactly the framing a real worker sees.
+//!
+//! Decoding never panics: every malformed input maps to a typed [`FrameError`], so the
+//! Worker can report a protocol error and replace the process instead of crashing.
 
-use serde::{Deserialize, Serialize};
+use bytes::{Buf, BufMut, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use std::marker::PhantomData;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Size of the big-endian length prefix in front of every frame.
+pub const HEADER_LEN: usize = 4;
+
+/// The default largest frame body, 64 MiB (`python.max_frame_bytes`).
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// Host → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,9 +34,23 @@ pub struct Request {
 }
 
 impl Request {
-    /// A request stamped with the current time.
+    /// A request stamped with the current time (RFC 3339, UTC, millisecond precision).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use dspex_actors::protocol::Request;
+    /// let req = Request::new(7, "ping", serde_json::json!({"initialization": true}));
+    /// assert_eq!(req.id, 7);
+    /// assert!(req.timestamp.ends_with('Z'));
+    /// ```
     pub fn new(id: u64, command: impl Into<String>, args: Value) -> Self {
-        todo!("{id} {} {args}", command.into())
+        Request {
+            id,
+            command: command.into(),
+            args,
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
     }
 }
 
@@ -35,17 +65,139 @@ pub struct WireError {
 }
 
 /// Worker → host.
+///
+/// On the wire a success is `{"id", "success": true, "result", "timestamp"}` and a failure
+/// `{"id", "success": false, "error": {"type", "message", "traceback"?}}`. Decoding is
+/// lenient where older bridges differ: a missing `result` is `null`, a non-numeric
+/// `timestamp` is ignored, and `"error": "<text>"` becomes a [`WireError`] of type `Error`.
+/// Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
-    Success { id: u64, result: Value, timestamp: Option<f64> },
-    Failure { id: u64, error: WireError },
+    Success {
+        id: u64,
+        result: Value,
+        /// Seconds since the Unix epoch when the worker answered, if it said.
+        timestamp: Option<f64>,
+    },
+    Failure {
+        id: u64,
+        error: WireError,
+    },
 }
 
 impl Response {
+    /// The id of the request this answers.
     pub fn id(&self) -> u64 {
         match self {
             Response::Success { id, .. } | Response::Failure { id, .. } => *id,
         }
+    }
+
+    /// Whether the worker reported success.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Response::Success { .. })
+    }
+}
+
+/// Borrowed views used to serialise [`Response`] without cloning the result.
+#[derive(Serialize)]
+struct SuccessOut<'a> {
+    id: u64,
+    success: bool,
+    result: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct FailureOut<'a> {
+    id: u64,
+    success: bool,
+    error: &'a WireError,
+}
+
+impl Serialize for Response {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Response::Success {
+                id,
+                result,
+                timestamp,
+            } => SuccessOut {
+                id: *id,
+                success: true,
+                result,
+                timestamp: *timestamp,
+            }
+            .serialize(serializer),
+            Response::Failure { id, error } => FailureOut {
+                id: *id,
+                success: false,
+                error,
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+/// The structured error form, with `type` optional because a few bridges only send a
+/// message; `message` is what a user needs, so it stays required.
+#[derive(Deserialize)]
+struct WireErrorIn {
+    #[serde(rename = "type", default)]
+    error_type: Option<String>,
+    message: String,
+    #[serde(default)]
+    traceback: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Response {
+    /// Reads the response as a JSON object first (a derived struct would also accept a
+    /// JSON array), then applies the leniency rules in one readable place.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        let mut map = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let id = map
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| D::Error::custom("response has no unsigned integer `id`"))?;
+        let success = map
+            .get("success")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| D::Error::custom("response has no boolean `success`"))?;
+        if success {
+            return Ok(Response::Success {
+                id,
+                result: map.remove("result").unwrap_or(Value::Null),
+                timestamp: map.get("timestamp").and_then(Value::as_f64),
+            });
+        }
+        let error = match map.remove("error") {
+            Some(Value::String(message)) => WireError {
+                error_type: "Error".to_owned(),
+                message,
+                traceback: None,
+            },
+            Some(obj @ Value::Object(_)) => {
+                let e = WireErrorIn::deserialize(obj)
+                    .map_err(|e| D::Error::custom(format!("bad `error` object: {e}")))?;
+                WireError {
+                    error_type: e.error_type.unwrap_or_else(|| "Error".to_owned()),
+                    message: e.message,
+                    traceback: e.traceback,
+                }
+            }
+            None | Some(Value::Null) => {
+                return Err(D::Error::custom("failed response has no `error`"))
+            }
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`error` must be an object or a string, got {other}"
+                )))
+            }
+        };
+        Ok(Response::Failure { id, error })
     }
 }
 
@@ -66,15 +218,308 @@ pub enum FrameError {
     Shape(String),
 }
 
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e.to_string())
+    }
+}
+
 /// Length-prefixed JSON codec; `In` is what is decoded, `Out` what is encoded.
 /// The host uses `FrameCodec<Response, Request>`, a fake worker the reverse.
+///
+/// Frames whose body is longer than `max_frame` are refused in both directions; on
+/// decode this is decided from the header alone, so an oversized frame is never buffered.
+///
+/// # Examples
+///
+/// ```
+/// use bytes::BytesMut;
+/// use dspex_actors::protocol::{FrameCodec, Request};
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut host = FrameCodec::<Request, Request>::new(1024);
+/// let mut buf = BytesMut::new();
+/// let req = Request::new(1, "ping", serde_json::json!({}));
+/// host.encode(req.clone(), &mut buf).unwrap();
+/// assert_eq!(host.decode(&mut buf).unwrap(), Some(req));
+/// ```
 pub struct FrameCodec<In, Out> {
     max_frame: usize,
-    _marker: std::marker::PhantomData<fn(Out) -> In>,
+    _marker: PhantomData<fn(Out) -> In>,
 }
 
 impl<In, Out> FrameCodec<In, Out> {
+    /// A codec refusing frame bodies longer than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
-        FrameCodec { max_frame, _marker: std::marker::PhantomData }
+        FrameCodec {
+            max_frame,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The largest body this codec accepts, in bytes.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// The body limit, also bounded by what the 4-byte header can express.
+    fn limit(&self) -> usize {
+        self.max_frame.min(u32::MAX as usize)
+    }
+}
+
+impl<In, Out> Default for FrameCodec<In, Out> {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME)
+    }
+}
+
+impl<In, Out> Clone for FrameCodec<In, Out> {
+    fn clone(&self) -> Self {
+        FrameCodec::new(self.max_frame)
+    }
+}
+
+impl<In, Out> std::fmt::Debug for FrameCodec<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameCodec")
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+/// Parses one frame body. UTF-8 is checked first so that the error names the real
+/// problem. serde reports the first problem it meets, which for a document of the wrong
+/// kind (`[` where an object is expected) is a type error even when the JSON is also
+/// broken further on; so a type error is re-checked for syntax (on the error path only)
+/// before it is called a shape error.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    use serde_json::error::Category;
+
+    let text = std::str::from_utf8(body).map_err(|e| FrameError::Utf8(e.to_string()))?;
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof => FrameError::Json(e.to_string()),
+        Category::Io => FrameError::Io(e.to_string()),
+        Category::Data => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(syntax) => FrameError::Json(syntax.to_string()),
+            Ok(_) => FrameError::Shape(e.to_string()),
+        },
+    })
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        let Some(header) = src.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > self.limit() {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let frame_len = HEADER_LEN + len;
+        if src.len() < frame_len {
+            // One allocation for the rest of the frame instead of repeated growth.
+            src.reserve(frame_len - src.len());
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let body = src.split_to(len);
+        parse_body(&body).map(Some)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        if let Some(item) = self.decode(buf)? {
+            return Ok(Some(item));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let expected = match buf.get(..HEADER_LEN) {
+            Some(h) => HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize,
+            None => HEADER_LEN,
+        };
+        let got = buf.len();
+        buf.clear();
+        Err(FrameError::Truncated { expected, got })
+    }
+}
+
+impl<In, Out: Serialize> FrameCodec<In, Out> {
+    /// Serialises straight into `dst` behind a placeholder header, then patches the
+    /// header: no intermediate buffer, and `dst` is left untouched on error.
+    fn encode_ref(&self, item: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        if let Err(e) = serde_json::to_writer((&mut *dst).writer(), item) {
+            dst.truncate(start);
+            return Err(FrameError::Json(e.to_string()));
+        }
+        let len = dst.len() - start - HEADER_LEN;
+        if len > self.limit() {
+            dst.truncate(start);
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_ref(&item, dst)
+    }
+}
+
+impl<'a, In, Out: Serialize> Encoder<&'a Out> for FrameCodec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: &'a Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_ref(item, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode_response(text: &str) -> Result<Response, FrameError> {
+        parse_body(text.as_bytes())
+    }
+
+    #[test]
+    fn request_timestamp_is_rfc3339_utc() {
+        let req = Request::new(1, "ping", json!({}));
+        assert!(
+            humantime::parse_rfc3339(&req.timestamp).is_ok(),
+            "{}",
+            req.timestamp
+        );
+    }
+
+    #[test]
+    fn success_without_result_decodes_as_null() {
+        let r = decode_response(r#"{"id": 3, "success": true}"#).unwrap();
+        assert_eq!(
+            r,
+            Response::Success {
+                id: 3,
+                result: Value::Null,
+                timestamp: None
+            }
+        );
+    }
+
+    #[test]
+    fn string_error_from_older_bridges_becomes_error_type_error() {
+        let r = decode_response(r#"{"id": 4, "success": false, "error": "boom"}"#).unwrap();
+        assert_eq!(
+            r,
+            Response::Failure {
+                id: 4,
+                error: WireError {
+                    error_type: "Error".into(),
+                    message: "boom".into(),
+                    traceback: None
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn structured_error_keeps_type_and_traceback() {
+        let r = decode_response(
+            r#"{"id": 5, "success": false, "error": {"type": "ValueError", "message": "m", "traceback": "tb"}}"#,
+        )
+        .unwrap();
+        let Response::Failure { error, .. } = r else {
+            panic!("expected failure")
+        };
+        assert_eq!(error.error_type, "ValueError");
+        assert_eq!(error.traceback.as_deref(), Some("tb"));
+    }
+
+    #[test]
+    fn response_without_id_or_success_is_a_shape_error() {
+        for text in [
+            r#"{"success": true}"#,
+            r#"{"id": 1}"#,
+            r#"{"id": 1, "success": false}"#,
+            r#"{"id": 1, "success": false, "error": 3}"#,
+            r#"{"id": -1, "success": true}"#,
+            r#"[1, true]"#,
+            r#"{"id": 1.5, "success": true}"#,
+        ] {
+            assert!(
+                matches!(decode_response(text), Err(FrameError::Shape(_))),
+                "{text}: {:?}",
+                decode_response(text)
+            );
+        }
+    }
+
+    #[test]
+    fn non_numeric_timestamp_is_ignored() {
+        let r = decode_response(r#"{"id": 1, "success": true, "result": 1, "timestamp": "x"}"#)
+            .unwrap();
+        assert_eq!(
+            r,
+            Response::Success {
+                id: 1,
+                result: json!(1),
+                timestamp: None
+            }
+        );
+    }
+
+    #[test]
+    fn failure_serialises_in_wire_form() {
+        let r = Response::Failure {
+            id: 9,
+            error: WireError {
+                error_type: "T".into(),
+                message: "m".into(),
+                traceback: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id": 9, "success": false, "error": {"type": "T", "message": "m"}})
+        );
+    }
+
+    #[test]
+    fn encoding_over_the_max_is_refused_and_leaves_the_buffer_alone() {
+        let mut codec = FrameCodec::<Request, Request>::new(16);
+        let mut buf = BytesMut::from(&b"xy"[..]);
+        let err = codec
+            .encode(Request::new(1, "a-long-command-name", json!({})), &mut buf)
+            .unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { max: 16, .. }),
+            "{err:?}"
+        );
+        assert_eq!(&buf[..], b"xy");
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_the_body_arrives() {
+        let mut codec = FrameCodec::<Response, Request>::new(10);
+        let mut buf = BytesMut::from(&11u32.to_be_bytes()[..]);
+        assert_eq!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        );
     }
 }

@@ -19,8 +19,13 @@ use tokio::sync::oneshot;
 use crate::config::ActorsConfig;
 use crate::error::ActorError;
 use crate::launcher::WorkerLauncher;
-use crate::pool::{ForgetSessions, GetPoolStatus, PoolManager, PoolStatus, PoolStopped, ShutdownPool, Submit, WaitReady};
-use crate::session::{self, RegistryStopped, SessionMetrics, SessionRegistry, SessionTable, SessionsEnded};
+use crate::pool::{
+    ForgetSessions, GetPoolStatus, PoolManager, PoolStatus, PoolStopped, ShutdownPool, Submit,
+    WaitReady,
+};
+use crate::session::{
+    self, RegistryStopped, SessionMetrics, SessionRegistry, SessionTable, SessionsEnded,
+};
 use crate::worker::{Job, Reply, Stop};
 
 /// System health (DESIGN.md "One status vocabulary").
@@ -200,9 +205,13 @@ impl Supervisor {
 
     fn start_registry(&mut self, table: SessionTable, ctx: &mut Context<Self>) {
         let me = ctx.address();
-        let registry =
-            SessionRegistry::new(self.config.session.clone(), table, me.clone().recipient(), me.recipient())
-                .start();
+        let registry = SessionRegistry::new(
+            self.config.session.clone(),
+            table,
+            me.clone().recipient(),
+            me.recipient(),
+        )
+        .start();
         for deferred in self.registry_backlog.drain(..) {
             deferred(&registry);
         }
@@ -228,7 +237,11 @@ impl Supervisor {
     fn allow_restart(&mut self) -> bool {
         let now = Instant::now();
         let window = self.config.supervisor.max_window;
-        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
             self.restarts.pop_front();
         }
         self.restarts.push_back(now);
@@ -241,7 +254,10 @@ impl Supervisor {
         let error = ActorError::SystemFailed(why);
         if let Some(pool) = self.pool.take() {
             let (done, _) = oneshot::channel();
-            pool.do_send(ShutdownPool { graceful: Duration::ZERO, done });
+            pool.do_send(ShutdownPool {
+                graceful: Duration::ZERO,
+                done,
+            });
         }
         if let Some(registry) = self.registry.take() {
             registry.do_send(session::Shutdown);
@@ -272,7 +288,10 @@ impl Handler<PoolStopped> for Supervisor {
         let Some(handover) = msg.handover else { return };
         if self.state == State::Running && self.allow_restart() {
             self.counts.pool += 1;
-            log::warn!("system {}: PoolManager stopped unexpectedly; restarting it", self.name);
+            log::warn!(
+                "system {}: PoolManager stopped unexpectedly; restarting it",
+                self.name
+            );
             self.start_pool(Some(handover), ctx);
             return;
         }
@@ -286,7 +305,10 @@ impl Handler<PoolStopped> for Supervisor {
             );
         }
         // Nobody takes the workers over: stop them so no process outlives the pool.
-        handover.abandon(self.refuse().unwrap_or(ActorError::ShuttingDown), self.config.shutdown.kill_timeout);
+        handover.abandon(
+            self.refuse().unwrap_or(ActorError::ShuttingDown),
+            self.config.shutdown.kill_timeout,
+        );
     }
 }
 
@@ -350,7 +372,10 @@ impl Handler<Execute> for Supervisor {
             // `session.max_sessions` applies and the sweep sees it as active.
             let (tx, rx) = oneshot::channel();
             self.with_registry(move |registry| {
-                let touch = registry.send(session::Touch { session_id, create: true });
+                let touch = registry.send(session::Touch {
+                    session_id,
+                    create: true,
+                });
                 actix::spawn(async move {
                     let _ = tx.send(touch.await);
                 });
@@ -362,10 +387,14 @@ impl Handler<Execute> for Supervisor {
                     _ => Err((job, ActorError::ShuttingDown)),
                 }
             };
-            ctx.spawn(pool_job.into_actor(self).map(|result, act, _| match result {
-                Ok(job) => act.with_pool(move |pool| pool.do_send(Submit(job))),
-                Err((job, e)) => job.answer(Err(e)),
-            }));
+            ctx.spawn(
+                pool_job
+                    .into_actor(self)
+                    .map(|result, act, _| match result {
+                        Ok(job) => act.with_pool(move |pool| pool.do_send(Submit(job))),
+                        Err((job, e)) => job.answer(Err(e)),
+                    }),
+            );
         } else {
             self.with_pool(move |pool| pool.do_send(Submit(job)));
         }
@@ -374,16 +403,80 @@ impl Handler<Execute> for Supervisor {
 
 impl<M> Handler<ToRegistry<M>> for Supervisor
 where
+    M: Message + Clone + Send + 'static,
+    M::Result: Send,
+    SessionRegistry: Handler<M>,
+{
+    type Result = ResponseFuture<Result<M::Result, ActorError>>;
+
+    fn handle(&mut self, ToRegistry(msg): ToRegistry<M>, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(error) = self.refuse() {
+            return Box::pin(async move { Err(error) });
+        }
+        let rx = self.forward_to_registry(msg.clone());
+        let me = ctx.address();
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(result)) => Ok(result),
+                // The registry died with the message still in its mailbox (a panic on an
+                // earlier message). Deliver it once more, to the successor.
+                _ => match me.send(RetryToRegistry(msg)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ActorError::ShuttingDown),
+                },
+            }
+        })
+    }
+}
+
+struct RetryToRegistry<M>(M);
+
+impl<M> Message for RetryToRegistry<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    type Result = Result<M::Result, ActorError>;
+}
+
+impl<M> Handler<RetryToRegistry<M>> for Supervisor
+where
     M: Message + Send + 'static,
     M::Result: Send,
     SessionRegistry: Handler<M>,
 {
     type Result = ResponseFuture<Result<M::Result, ActorError>>;
 
-    fn handle(&mut self, ToRegistry(msg): ToRegistry<M>, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        RetryToRegistry(msg): RetryToRegistry<M>,
+        _ctx: &mut Self::Context,
+    ) -> Self::Result {
         if let Some(error) = self.refuse() {
             return Box::pin(async move { Err(error) });
         }
+        let rx = self.forward_to_registry(msg);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(result)) => Ok(result),
+                _ => Err(ActorError::SystemFailed(
+                    "the session registry stopped twice while handling the request".into(),
+                )),
+            }
+        })
+    }
+}
+
+impl Supervisor {
+    fn forward_to_registry<M>(
+        &mut self,
+        msg: M,
+    ) -> oneshot::Receiver<Result<M::Result, MailboxError>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionRegistry: Handler<M>,
+    {
         let (tx, rx) = oneshot::channel();
         self.with_registry(move |registry| {
             let request = registry.send(msg);
@@ -391,14 +484,7 @@ where
                 let _ = tx.send(request.await);
             });
         });
-        Box::pin(async move {
-            match rx.await {
-                Ok(Ok(result)) => Ok(result),
-                _ => Err(ActorError::SystemFailed(
-                    "the session registry stopped while handling the request; retry it".into(),
-                )),
-            }
-        })
+        rx
     }
 }
 
@@ -411,7 +497,12 @@ impl Handler<AwaitReady> for Supervisor {
         }
         let (tx, rx) = oneshot::channel();
         let min_ready = msg.min_ready.max(1);
-        self.with_pool(move |pool| pool.do_send(WaitReady { min_ready, reply: tx }));
+        self.with_pool(move |pool| {
+            pool.do_send(WaitReady {
+                min_ready,
+                reply: tx,
+            })
+        });
         Box::pin(async move { rx.await.unwrap_or(Err(ActorError::ShuttingDown)) })
     }
 }
@@ -446,7 +537,14 @@ impl Handler<GetStatus> for Supervisor {
                 }
                 _ => SystemHealth::Degraded,
             });
-            SystemStatus { name, health, failure, restarts, pool, sessions }
+            SystemStatus {
+                name,
+                health,
+                failure,
+                restarts,
+                pool,
+                sessions,
+            }
         })
     }
 }
@@ -461,20 +559,25 @@ impl Handler<Shutdown> for Supervisor {
         log::info!("system {}: shutting down", self.name);
         let (done, rx) = oneshot::channel();
         match &self.pool {
-            Some(pool) => pool.do_send(ShutdownPool { graceful: msg.graceful, done }),
+            Some(pool) => pool.do_send(ShutdownPool {
+                graceful: msg.graceful,
+                done,
+            }),
             None => drop(done),
         }
         self.pool_backlog.clear();
         self.registry_backlog.clear();
-        Box::pin(async move {
-            let _ = rx.await;
-        }
-        .into_actor(self)
-        .map(|_, act, _| {
-            if let Some(registry) = act.registry.take() {
-                registry.do_send(session::Shutdown);
+        Box::pin(
+            async move {
+                let _ = rx.await;
             }
-        }))
+            .into_actor(self)
+            .map(|_, act, _| {
+                if let Some(registry) = act.registry.take() {
+                    registry.do_send(session::Shutdown);
+                }
+            }),
+        )
     }
 }
 
@@ -484,7 +587,9 @@ impl Handler<InjectCrash> for Supervisor {
     fn handle(&mut self, InjectCrash(target): InjectCrash, _ctx: &mut Self::Context) {
         match target {
             CrashTarget::Pool => self.with_pool(|pool| pool.do_send(crate::pool::Crash)),
-            CrashTarget::Registry => self.with_registry(|registry| registry.do_send(session::Crash)),
+            CrashTarget::Registry => {
+                self.with_registry(|registry| registry.do_send(session::Crash))
+            }
         }
     }
 }
@@ -497,7 +602,11 @@ impl crate::pool::PoolHandover {
             job.answer(Err(error.clone()));
         }
         for addr in self.worker_addrs() {
-            addr.do_send(Stop { graceful: Duration::ZERO, kill, done: None });
+            addr.do_send(Stop {
+                graceful: Duration::ZERO,
+                kill,
+                done: None,
+            });
         }
     }
 }

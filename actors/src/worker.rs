@@ -184,6 +184,8 @@ pub struct Worker {
     writer: Option<mpsc::UnboundedSender<Request>>,
     process: Option<ChildProcess>,
     pid: Option<u32>,
+    /// Whether there is an OS process behind the transport (not the in-memory fake).
+    real_process: bool,
     next_id: u64,
     calls: HashMap<u64, Call>,
     tail: LogTail,
@@ -209,6 +211,7 @@ impl Worker {
             writer: None,
             process: None,
             pid: None,
+            real_process: false,
             next_id: 1,
             calls: HashMap::new(),
             tail,
@@ -264,6 +267,7 @@ impl Worker {
     fn connect(&mut self, ctx: &mut Context<Self>) -> Result<(), ActorError> {
         let conn = self.launcher.launch(&self.state.id)?;
         self.pid = conn.process.as_ref().map(ChildProcess::pid);
+        self.real_process = conn.process.is_some();
         self.process = conn.process;
 
         let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
@@ -426,8 +430,9 @@ impl Worker {
         match self.phase {
             Phase::Gone => return,
             Phase::Stopping => {
-                if self.process.is_none() && protocol_error.is_none() {
-                    // In-memory worker: the stream closing is its exit.
+                if !self.real_process && protocol_error.is_none() {
+                    // In-memory worker: the stream closing is its exit. A real process is
+                    // finished by the stop ladder's reap instead.
                     self.finish_stop("transport closed".to_owned(), ctx);
                 }
                 return;
@@ -580,7 +585,7 @@ impl StreamHandler<LogLine> for Worker {
     fn handle(&mut self, LogLine(stream, line): LogLine, _ctx: &mut Self::Context) {
         match stream {
             LogStream::Stdout => log::info!(target: "dspex::worker", "[{}] {line}", self.state.id),
-            LogStream::Stderr => log::warn!(target: "dspex::worker", "[{}] {line}", self.state.id),
+            LogStream::Stderr => log::info!(target: "dspex::worker", "[{}] {line}", self.state.id),
         }
         self.tail.push(line);
     }

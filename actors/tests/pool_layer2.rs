@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use dspex_actors::session::{End, List, Track};
 use dspex_actors::supervisor::{
-    AwaitReady, CrashTarget, Execute, GetStatus, InjectCrash, Shutdown, Supervisor, SystemHealth, ToRegistry,
+    AwaitReady, CrashTarget, Execute, GetStatus, InjectCrash, Shutdown, Supervisor, SystemHealth,
+    ToRegistry,
 };
 use dspex_actors::testing::{default_action, FakeAction, InMemoryLauncher};
 use dspex_actors::{ActorError, ActorsConfig, Affinity, TimeoutStage};
@@ -15,7 +16,10 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 fn config(size: usize) -> ActorsConfig {
-    let mut c = ActorsConfig { name: "t".into(), ..Default::default() };
+    let mut c = ActorsConfig {
+        name: "t".into(),
+        ..Default::default()
+    };
     c.pool.size = size;
     c.pool.startup_concurrency = size;
     c.pool.checkout_timeout = Duration::from_secs(5);
@@ -29,11 +33,19 @@ fn config(size: usize) -> ActorsConfig {
 async fn start(config: ActorsConfig, launcher: &InMemoryLauncher) -> Addr<Supervisor> {
     let size = config.pool.size;
     let sup = Supervisor::new(config.name.clone(), config, Arc::new(launcher.clone())).start();
-    sup.send(AwaitReady { min_ready: size }).await.unwrap().unwrap();
+    sup.send(AwaitReady { min_ready: size })
+        .await
+        .unwrap()
+        .unwrap();
     sup
 }
 
-async fn exec(sup: &Addr<Supervisor>, command: &str, args: Value, session: Option<&str>) -> Result<Value, ActorError> {
+async fn exec(
+    sup: &Addr<Supervisor>,
+    command: &str,
+    args: Value,
+    session: Option<&str>,
+) -> Result<Value, ActorError> {
     let (reply, rx) = oneshot::channel();
     sup.do_send(Execute {
         command: command.into(),
@@ -59,11 +71,14 @@ async fn whoami(sup: &Addr<Supervisor>, session: Option<&str>) -> String {
 }
 
 async fn wait_full(sup: &Addr<Supervisor>, size: usize) {
-    tokio::time::timeout(Duration::from_secs(10), sup.send(AwaitReady { min_ready: size }))
-        .await
-        .expect("pool refilled in time")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        sup.send(AwaitReady { min_ready: size }),
+    )
+    .await
+    .expect("pool refilled in time")
+    .unwrap()
+    .unwrap();
 }
 
 #[actix::test]
@@ -76,8 +91,14 @@ async fn pool_serves_a_request_and_reports_healthy() {
     assert_eq!(status.health, SystemHealth::Healthy);
     let pool = status.pool.unwrap();
     assert_eq!((pool.size, pool.ready), (2, 2));
-    assert_eq!(pool.workers.iter().map(|w| w.stats.requests).sum::<u64>(), 1);
-    assert!(pool.workers.iter().all(|w| w.health.as_str() == "ready" && !w.busy));
+    assert_eq!(
+        pool.workers.iter().map(|w| w.stats.requests).sum::<u64>(),
+        1
+    );
+    assert!(pool
+        .workers
+        .iter()
+        .all(|w| w.health.as_str() == "ready" && !w.busy));
 }
 
 #[actix::test]
@@ -137,9 +158,15 @@ async fn request_failing_on_every_retry_ends_in_worker_crashed() {
     assert!(matches!(err, ActorError::WorkerCrashed { .. }), "{err:?}");
     assert_eq!(err.kind(), "worker_crashed");
     wait_full(&sup, 2).await;
-    assert_eq!(exec(&sup, "echo", json!(1), None).await.unwrap(), json!({"echo": 1}));
+    assert_eq!(
+        exec(&sup, "echo", json!(1), None).await.unwrap(),
+        json!({"echo": 1})
+    );
     let pool = sup.send(GetStatus).await.unwrap().pool.unwrap();
-    assert_eq!(pool.totals.retried, 1, "retried once (pool.retry_on_crash = 1)");
+    assert_eq!(
+        pool.totals.retried, 1,
+        "retried once (pool.retry_on_crash = 1)"
+    );
 }
 
 #[actix::test]
@@ -160,34 +187,47 @@ async fn hung_handler_times_out_at_request_stage_and_worker_is_replaced() {
     });
     let err = rx.await.unwrap().unwrap_err();
     assert!(
-        matches!(err, ActorError::Timeout { stage: TimeoutStage::Request, .. }),
+        matches!(
+            err,
+            ActorError::Timeout {
+                stage: TimeoutStage::Request,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_full(&sup, 1).await;
     assert_eq!(launcher.launches(), 2, "the hung worker was replaced");
-    assert_eq!(exec(&sup, "echo", json!(2), None).await.unwrap(), json!({"echo": 2}));
+    assert_eq!(
+        exec(&sup, "echo", json!(2), None).await.unwrap(),
+        json!({"echo": 2})
+    );
 }
 
 #[actix::test]
 async fn garbage_frame_from_worker_is_a_protocol_error_and_the_worker_is_replaced() {
     for bytes in [
-        b"\x00\x00\x00\x05nope!".to_vec(),          // not JSON
-        b"\x00\x00\x00\x02\xff\xfe".to_vec(),         // not UTF-8
-        vec![0x7f, 0xff, 0xff, 0xff],                  // oversized length
+        b"\x00\x00\x00\x05nope!".to_vec(),    // not JSON
+        b"\x00\x00\x00\x02\xff\xfe".to_vec(), // not UTF-8
+        vec![0x7f, 0xff, 0xff, 0xff],         // oversized length
     ] {
         let bad = bytes.clone();
-        let launcher = InMemoryLauncher::with_script(move |worker_id, req| match req.command.as_str() {
-            "bad" => FakeAction::Raw(bad.clone()),
-            _ => default_action(worker_id, req),
-        });
+        let launcher =
+            InMemoryLauncher::with_script(move |worker_id, req| match req.command.as_str() {
+                "bad" => FakeAction::Raw(bad.clone()),
+                _ => default_action(worker_id, req),
+            });
         let mut c = config(1);
         c.worker.max_frame_bytes = 1024 * 1024;
         let sup = start(c, &launcher).await;
         let err = exec(&sup, "bad", json!({}), None).await.unwrap_err();
         assert_eq!(err.kind(), "protocol", "{bytes:?}: {err:?}");
         wait_full(&sup, 1).await;
-        assert_eq!(exec(&sup, "echo", json!(3), None).await.unwrap(), json!({"echo": 3}));
+        assert_eq!(
+            exec(&sup, "echo", json!(3), None).await.unwrap(),
+            json!({"echo": 3})
+        );
         assert_eq!(launcher.launches(), 2);
     }
 }
@@ -202,14 +242,23 @@ async fn truncated_frame_then_exit_is_a_protocol_error() {
     });
     let sup = start(config(1), &launcher).await;
     let (reply, rx) = oneshot::channel();
-    sup.do_send(Execute { command: "cut".into(), args: json!({}), session_id: None, timeout: Some(Duration::from_millis(300)), reply });
+    sup.do_send(Execute {
+        command: "cut".into(),
+        args: json!({}),
+        session_id: None,
+        timeout: Some(Duration::from_millis(300)),
+        reply,
+    });
     // The worker never finishes the frame: the request times out (the frame is
     // incomplete), and the worker is killed; either way the caller gets an answer and
     // the pool keeps serving.
     let err = rx.await.unwrap().unwrap_err();
     assert!(matches!(err.kind(), "timeout" | "protocol"), "{err:?}");
     wait_full(&sup, 1).await;
-    assert_eq!(exec(&sup, "echo", json!(4), None).await.unwrap(), json!({"echo": 4}));
+    assert_eq!(
+        exec(&sup, "echo", json!(4), None).await.unwrap(),
+        json!({"echo": 4})
+    );
 }
 
 #[actix::test]
@@ -238,9 +287,21 @@ async fn full_queue_answers_pool_busy_and_waiting_past_checkout_timeout_times_ou
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let busy = exec(&sup, "echo", json!({}), None).await.unwrap_err();
-    assert!(matches!(busy, ActorError::PoolBusy { queued: 1 }), "{busy:?}");
+    assert!(
+        matches!(busy, ActorError::PoolBusy { queued: 1 }),
+        "{busy:?}"
+    );
     let timed_out = queued.await.unwrap().unwrap_err();
-    assert!(matches!(timed_out, ActorError::Timeout { stage: TimeoutStage::Checkout, .. }), "{timed_out:?}");
+    assert!(
+        matches!(
+            timed_out,
+            ActorError::Timeout {
+                stage: TimeoutStage::Checkout,
+                ..
+            }
+        ),
+        "{timed_out:?}"
+    );
     assert_eq!(running.await.unwrap().unwrap(), json!("done"));
 }
 
@@ -249,7 +310,13 @@ async fn session_end_tells_the_worker_that_served_it_to_clean_up() {
     let launcher = InMemoryLauncher::with_script(whoami_script);
     let sup = start(config(2), &launcher).await;
     let served_by = whoami(&sup, Some("s9")).await;
-    sup.send(ToRegistry(End { session_id: "s9".into() })).await.unwrap().unwrap().unwrap();
+    sup.send(ToRegistry(End {
+        session_id: "s9".into(),
+    }))
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let cleanups: Vec<_> = launcher
@@ -263,10 +330,20 @@ async fn session_end_tells_the_worker_that_served_it_to_clean_up() {
             assert_eq!(cleanups[0].1.args["session_id"], "s9");
             break;
         }
-        assert!(Instant::now() < deadline, "no cleanup_session reached a worker");
+        assert!(
+            Instant::now() < deadline,
+            "no cleanup_session reached a worker"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let err = sup.send(ToRegistry(End { session_id: "s9".into() })).await.unwrap().unwrap().unwrap_err();
+    let err = sup
+        .send(ToRegistry(End {
+            session_id: "s9".into(),
+        }))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.kind(), "session_not_found");
 }
 
@@ -277,7 +354,11 @@ async fn panicking_pool_manager_is_restarted_and_keeps_its_workers() {
     let before = whoami(&sup, Some("a")).await;
     sup.do_send(InjectCrash(CrashTarget::Pool));
     // Requests sent right after the crash are held until the successor is up.
-    assert_eq!(whoami(&sup, Some("a")).await, before, "affinity survived the restart");
+    assert_eq!(
+        whoami(&sup, Some("a")).await,
+        before,
+        "affinity survived the restart"
+    );
     let status = sup.send(GetStatus).await.unwrap();
     assert_eq!(status.restarts.pool, 1);
     assert_eq!(status.pool.unwrap().ready, 2);
@@ -289,7 +370,13 @@ async fn panicking_session_registry_is_restarted_with_every_session() {
     let launcher = InMemoryLauncher::new();
     let sup = start(config(1), &launcher).await;
     for id in ["a", "b", "c"] {
-        sup.send(ToRegistry(Track { session_id: id.into() })).await.unwrap().unwrap().unwrap();
+        sup.send(ToRegistry(Track {
+            session_id: id.into(),
+        }))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     }
     sup.do_send(InjectCrash(CrashTarget::Registry));
     let sessions = sup.send(ToRegistry(List)).await.unwrap().unwrap();
@@ -326,25 +413,37 @@ async fn graceful_shutdown_lets_running_and_queued_requests_finish() {
     let mut calls = Vec::new();
     for _ in 0..3 {
         let sup = sup.clone();
-        calls.push(actix::spawn(async move { exec(&sup, "slow", json!({}), None).await }));
+        calls.push(actix::spawn(async move {
+            exec(&sup, "slow", json!({}), None).await
+        }));
     }
     while sup.send(GetStatus).await.unwrap().pool.unwrap().queue_depth < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    sup.send(Shutdown { graceful: Duration::from_secs(5) }).await.unwrap();
+    sup.send(Shutdown {
+        graceful: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap(), json!("ok"));
     }
     let err = exec(&sup, "echo", json!({}), None).await.unwrap_err();
     assert_eq!(err.kind(), "shutting_down");
-    assert!(launcher.commands_for("t.w1").contains(&"shutdown".to_owned()));
+    assert!(launcher
+        .commands_for("t.w1")
+        .contains(&"shutdown".to_owned()));
 }
 
 #[actix::test]
 async fn workers_that_cannot_start_fail_await_ready_with_the_cause() {
     let launcher = InMemoryLauncher::new().refuse_launch_when(|_| true);
     let sup = Supervisor::new("t".into(), config(2), Arc::new(launcher.clone())).start();
-    let err = sup.send(AwaitReady { min_ready: 1 }).await.unwrap().unwrap_err();
+    let err = sup
+        .send(AwaitReady { min_ready: 1 })
+        .await
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.kind(), "environment", "{err:?}");
     assert!(err.to_string().contains("refused"), "{err}");
 }
@@ -367,5 +466,8 @@ async fn failed_health_ping_replaces_the_worker() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     wait_full(&sup, 1).await;
-    assert_eq!(exec(&sup, "echo", json!(5), None).await.unwrap(), json!({"echo": 5}));
+    assert_eq!(
+        exec(&sup, "echo", json!(5), None).await.unwrap(),
+        json!({"echo": 5})
+    );
 }

@@ -1,0 +1,20 @@
+//! A program that cannot be started is a `Spawn` error naming it and saying what to check.
+
+use dspex_actors::worker::process::{spawn, LaunchSpec};
+use dspex_actors::ActorError;
+
+#[tokio::test]
+async fn spawning_a_missing_program_names_it() {
+    let spec = LaunchSpec {
+        program: "/nonexistent/dspex-python".into(),
+        ..LaunchSpec::default()
+    };
+    let err = spawn(&spec, "w-missing").unwrap_err();
+    let ActorError::Spawn(message) = &err else {
+        panic!("expected a spawn error, got {err:?}")
+    };
+    assert!(message.contains("/nonexistent/dspex-python"), "{message}");
+    assert!(message.contains("No such file"), "{message}");
+    assert!(message.contains("python.executable"), "{message}");
+    assert_eq!(err.kind(), "environment");
+}

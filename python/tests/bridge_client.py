@@ -1,0 +1,206 @@
+"""Test helper: drive a real worker process over either transport, as the host would.
+
+Every read has a deadline (``select`` on the response pipe), so a broken worker fails a test
+instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(PYTHON_DIR, "tests", "fixtures")
+
+#: Generous: a loaded CI machine must never turn a slow import into a failure.
+DEFAULT_TIMEOUT = 60.0
+
+
+class BridgeProcess:
+    """A worker subprocess plus a client for its protocol streams."""
+
+    def __init__(
+        self,
+        transport: str = "fds",
+        env: Optional[Mapping[str, str]] = None,
+        argv: Optional[Sequence[str]] = None,
+        worker_id: str = "test-worker",
+        remove_env: Sequence[str] = (),
+    ) -> None:
+        self.transport = transport
+        full_env = dict(os.environ)
+        for name in remove_env:
+            full_env.pop(name, None)
+        full_env.update(
+            {
+                "PYTHONPATH": PYTHON_DIR,
+                "DSPEX_TRANSPORT": transport,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+        )
+        full_env.update(env or {})
+        if argv is None:
+            argv = [sys.executable, "-m", "dspex_bridge", "--mode", "pool-worker", "--worker-id", worker_id]
+        self._log_out = tempfile.TemporaryFile()
+        self._log_err = tempfile.TemporaryFile()
+        self._next_id = 1
+        if transport == "fds":
+            request_read, self._request_write = os.pipe()
+            self._response_read, response_write = os.pipe()
+
+            def place_pipes() -> None:
+                # The contract puts requests on fd 3 and responses on fd 4.
+                os.dup2(request_read, 3)
+                os.dup2(response_write, 4)
+
+            self.process = subprocess.Popen(
+                list(argv),
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_out,
+                stderr=self._log_err,
+                pass_fds=(request_read, response_write, 3, 4),
+                preexec_fn=place_pipes,
+            )
+            os.close(request_read)
+            os.close(response_write)
+        else:
+            self.process = subprocess.Popen(
+                list(argv), env=full_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_err
+            )
+            self._request_write = self.process.stdin.fileno()
+            self._response_read = self.process.stdout.fileno()
+
+    # -- protocol -------------------------------------------------------------------------------
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes to the request stream as they are."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self._request_write, view)
+            view = view[written:]
+
+    def send(self, command: str, args: Any = None, request_id: Optional[int] = None) -> int:
+        """Send one request frame; returns its id."""
+        if request_id is None:
+            request_id = self._next_id
+            self._next_id += 1
+        message = {"id": request_id, "command": command, "args": {} if args is None else args, "timestamp": "2024-01-01T00:00:00Z"}
+        body = json.dumps(message).encode("utf-8")
+        self.send_raw(struct.pack(">I", len(body)) + body)
+        return request_id
+
+    def recv(self, timeout: float = DEFAULT_TIMEOUT) -> Optional[Dict[str, Any]]:
+        """Read one response frame; ``None`` if the worker closed the stream cleanly."""
+        header = self._read_exact(4, timeout)
+        if not header:
+            return None
+        (length,) = struct.unpack(">I", header)
+        body = self._read_exact(length, timeout)
+        assert len(body) == length, f"response truncated: {len(body)} of {length} bytes\n{self.logs()}"
+        return json.loads(body.decode("utf-8"))
+
+    def request(self, command: str, args: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
+        """Send a request and return its response, checking the id matches."""
+        request_id = self.send(command, args)
+        response = self.recv(timeout)
+        assert response is not None, f"worker closed the stream instead of answering {command}\n{self.logs()}"
+        assert response["id"] == request_id
+        return response
+
+    def call(self, command: str, args: Any = None) -> Any:
+        """Request that must succeed; returns its result."""
+        response = self.request(command, args)
+        assert response["success"] is True, f"{command} failed: {response}\n{self.logs()}"
+        return response["result"]
+
+    def read_remaining(self, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+        """Everything left on the response stream until the worker closes it."""
+        chunks = []
+        while True:
+            chunk = self._read_some(65536, timeout)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    def _read_exact(self, count: int, timeout: float) -> bytes:
+        chunks = []
+        remaining = count
+        while remaining:
+            chunk = self._read_some(remaining, timeout)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_some(self, count: int, timeout: float) -> bytes:
+        ready, _, _ = select.select([self._response_read], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"no response within {timeout}s\n{self.logs()}")
+        return os.read(self._response_read, count)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close_requests(self) -> None:
+        """Close the request stream (the worker sees end of stream)."""
+        if self.transport == "fds":
+            os.close(self._request_write)
+        else:
+            self.process.stdin.close()
+        self._request_write = -1
+
+    def terminate(self) -> None:
+        """Send SIGTERM."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Wait for the worker to exit; returns its exit code."""
+        return self.process.wait(timeout)
+
+    def stdout_log(self) -> str:
+        """What the worker wrote to its stdout (fds mode only: in stdio mode it is the protocol)."""
+        self._log_out.seek(0)
+        return self._log_out.read().decode("utf-8", "replace")
+
+    def stderr_log(self) -> str:
+        """What the worker wrote to its stderr."""
+        self._log_err.seek(0)
+        return self._log_err.read().decode("utf-8", "replace")
+
+    def logs(self) -> str:
+        """Both log streams, for assertion messages."""
+        return f"--- stdout ---\n{self.stdout_log()}\n--- stderr ---\n{self.stderr_log()}"
+
+    def close(self) -> None:
+        """Kill the worker if still running and release every descriptor."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(DEFAULT_TIMEOUT)
+        if self.transport == "fds":
+            for fd in (self._request_write, self._response_read):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        else:
+            for stream in (self.process.stdin, self.process.stdout):
+                if stream is not None and not stream.closed:
+                    stream.close()
+        self._log_out.close()
+        self._log_err.close()
+
+    def __enter__(self) -> "BridgeProcess":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

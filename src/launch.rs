@@ -1,0 +1,103 @@
+//! How a worker process is launched from the configuration: interpreter, argv and the
+//! environment (built only from `python.inherit_env` + `python.env`, never the whole host
+//! environment, so secrets the workers do not need stay out of them).
+
+use std::path::{Path, PathBuf};
+
+use dspex_actors::worker::process::LaunchSpec;
+
+use crate::config::{Config, PythonExecutable};
+use crate::error::{Error, Result};
+use crate::python_env::{self, PythonEnv, PythonSetup};
+
+/// What `python_env::ensure` must prepare for this configuration.
+pub fn python_setup(config: &Config, require_dspy: bool) -> PythonSetup {
+    PythonSetup {
+        executable: match &config.python.executable {
+            PythonExecutable::Auto => python_env::PythonExecutable::Auto,
+            PythonExecutable::Path(p) => python_env::PythonExecutable::Path(p.clone()),
+        },
+        venv: config.python.venv.clone(),
+        requirements: config.python.requirements.clone(),
+        require_dspy,
+        cache_dir: None,
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    }
+}
+
+fn join_paths(paths: &[PathBuf]) -> Result<String> {
+    let joined = std::env::join_paths(paths.iter().map(|p| absolute(p))).map_err(|e| {
+        Error::Environment(format!(
+            "python.path has an entry that cannot go in a search path: {e}"
+        ))
+    })?;
+    Ok(joined.to_string_lossy().into_owned())
+}
+
+/// The worker command line and environment.
+pub fn launch_spec(config: &Config, env: &PythonEnv) -> Result<LaunchSpec> {
+    let python = &config.python;
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut inherit: Vec<&str> = python.inherit_env.iter().map(String::as_str).collect();
+    if let Some(key) = &config.lm.api_key_env {
+        inherit.push(key);
+    }
+    for name in inherit {
+        if let Ok(value) = std::env::var(name) {
+            vars.push((name.to_owned(), value));
+        }
+    }
+    // The bridge first, then the user's own directories.
+    let mut pythonpath = vec![env.bridge_path.clone()];
+    pythonpath.extend(python.path.iter().cloned());
+    vars.push(("PYTHONPATH".into(), join_paths(&pythonpath)?));
+    vars.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    vars.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    if !python.path.is_empty() {
+        vars.push(("DSPEX_PYTHON_PATH".into(), join_paths(&python.path)?));
+    }
+    if !python.handlers.is_empty() {
+        vars.push(("DSPEX_HANDLERS".into(), python.handlers.join(",")));
+    }
+    vars.push((
+        "DSPEX_MAX_FRAME_BYTES".into(),
+        python.max_frame_bytes.to_string(),
+    ));
+    vars.push(("DSPEX_LM_MODEL".into(), config.lm.model.clone()));
+    if let Some(key) = &config.lm.api_key_env {
+        vars.push(("DSPEX_LM_API_KEY_ENV".into(), key.clone()));
+    }
+    vars.push((
+        "DSPEX_LM_TEMPERATURE".into(),
+        config.lm.temperature.to_string(),
+    ));
+    vars.push((
+        "DSPEX_LM_MAX_TOKENS".into(),
+        config.lm.max_tokens.to_string(),
+    ));
+    // `python.env` wins over everything inherited or derived.
+    for (k, v) in &python.env {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.clone(), v.clone()));
+    }
+    let args = match &python.script {
+        Some(script) => vec![absolute(script).to_string_lossy().into_owned()],
+        None => vec!["-m".into(), "dspex_bridge".into()],
+    };
+    Ok(LaunchSpec {
+        program: env.python.clone(),
+        args,
+        env: vars,
+        cwd: None,
+        transport: python.transport,
+    })
+}

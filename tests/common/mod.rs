@@ -1,0 +1,80 @@
+//! Helpers shared by the integration tests (process-wrap style `prelude`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dspex::config::{Config, PythonExecutable};
+use dspex::System;
+
+/// The test configuration with workers run by the host's `python3` and only the generic
+/// half of the bridge (no DSPy import needed): fast to start, no venv.
+pub fn generic_config(size: usize) -> Config {
+    let mut config = Config::test();
+    config.python.executable = PythonExecutable::Path(PathBuf::from("python3"));
+    config.pool.size = size;
+    config.pool.startup_concurrency = size;
+    config
+}
+
+/// Start an isolated system of `size` generic workers and wait until all are ready.
+pub async fn start_generic(size: usize) -> System {
+    start_generic_with(generic_config(size)).await
+}
+
+pub async fn start_generic_with(config: Config) -> System {
+    init_logs();
+    let size = config.pool.size;
+    System::builder(config)
+        .require_dspy(false)
+        .wait_ready(size)
+        .start()
+        .await
+        .expect("generic system starts")
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Poll `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pids of a system's workers.
+pub async fn worker_pids(system: &System) -> Vec<u32> {
+    let status = system.status().await.expect("status");
+    status
+        .pool
+        .expect("pool status")
+        .workers
+        .iter()
+        .filter_map(|w| w.pid)
+        .collect()
+}
+
+/// Route `log` output to the test harness (visible with `--nocapture` and `RUST_LOG`).
+pub fn init_logs() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
