@@ -6,17 +6,14 @@ use std::path::{Path, PathBuf};
 
 use dspex_actors::worker::process::LaunchSpec;
 
-use crate::config::{Config, PythonExecutable};
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::python_env::{self, PythonEnv, PythonSetup};
+use crate::python_env::{PythonEnv, PythonSetup};
 
 /// What `python_env::ensure` must prepare for this configuration.
 pub fn python_setup(config: &Config, require_dspy: bool) -> PythonSetup {
     PythonSetup {
-        executable: match &config.python.executable {
-            PythonExecutable::Auto => python_env::PythonExecutable::Auto,
-            PythonExecutable::Path(p) => python_env::PythonExecutable::Path(p.clone()),
-        },
+        executable: config.python.executable.clone(),
         venv: config.python.venv.clone(),
         requirements: config.python.requirements.clone(),
         require_dspy,

@@ -25,15 +25,7 @@ mod venv;
 pub use bridge::unpack_bridge;
 pub use error::EnvError;
 
-/// Which interpreter runs the workers (`python.executable`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum PythonExecutable {
-    /// A venv managed by dspex in its cache, created on first use.
-    #[default]
-    Auto,
-    /// This interpreter, used as is.
-    Path(PathBuf),
-}
+pub use crate::config::PythonExecutable;
 
 /// What [`ensure`] should prepare, from the `python` configuration section.
 #[derive(Debug, Clone, PartialEq, Eq)]

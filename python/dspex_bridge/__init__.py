@@ -15,6 +15,6 @@ Importing this package is cheap: DSPy is only imported by the first DSPy command
 
 from .registry import command
 
-__all__ = ["command", "__version__"]
+__all__ = ["__version__", "command"]
 
 __version__ = "0.1.0"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .definitions import ProgramSpec, parse_program
-from .errors import LMError, ProgramExists, ProgramNotFound
+from .errors import LMError, ProgramExists
 from .programs import Program, ProgramStore, definition_hash, scope_of
 
 log = logging.getLogger("dspex_bridge.dspy")
@@ -53,7 +53,7 @@ class LMConfig:
     timeout: float = DEFAULT_LM_TIMEOUT
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any]) -> "LMConfig":
+    def from_args(cls, args: Mapping[str, Any]) -> LMConfig:
         """Read ``{model, api_key_env?, temperature?, max_tokens?, timeout?}``."""
         model = args.get("model")
         if not isinstance(model, str) or not model:
@@ -63,18 +63,23 @@ class LMConfig:
             raise ValueError(f"lm.api_key_env must be a variable name, got {api_key_env!r}")
         temperature = _optional_number(args.get("temperature"), "lm.temperature")
         max_tokens = args.get("max_tokens")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        ):
             raise ValueError(f"lm.max_tokens must be a positive integer, got {max_tokens!r}")
         timeout = _optional_number(args.get("timeout"), "lm.timeout")
         return cls(model, api_key_env, temperature, max_tokens, DEFAULT_LM_TIMEOUT if timeout is None else timeout)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "LMConfig":
+    def from_env(cls, env: Mapping[str, str]) -> LMConfig:
         """The worker's default LM from ``DSPEX_LM_*`` (model ``dummy`` when unset)."""
         raw: Dict[str, Any] = {"model": env.get("DSPEX_LM_MODEL") or "dummy"}
         if env.get("DSPEX_LM_API_KEY_ENV"):
             raw["api_key_env"] = env["DSPEX_LM_API_KEY_ENV"]
-        for name, key, parse in (("DSPEX_LM_TEMPERATURE", "temperature", float), ("DSPEX_LM_MAX_TOKENS", "max_tokens", int)):
+        for name, key, parse in (
+            ("DSPEX_LM_TEMPERATURE", "temperature", float),
+            ("DSPEX_LM_MAX_TOKENS", "max_tokens", int),
+        ):
             text = env.get(name)
             if text:
                 try:
@@ -269,7 +274,7 @@ class DspyCommands:
         declared = {field.name: field.type_term for field in spec.outputs}
         outputs: Dict[str, Any] = {}
         # Every predicted field, declared ones typed; chain_of_thought adds `reasoning`.
-        for name in prediction.keys():
+        for name in prediction.keys():  # noqa: SIM118 - a Prediction, not a dict
             outputs[name] = to_json(prediction[name], declared.get(name))
         return outputs
 

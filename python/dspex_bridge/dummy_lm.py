@@ -58,7 +58,7 @@ class _Formatted:
     messages: Any = None
 
 
-_LAST_FORMAT: "contextvars.ContextVar[Optional[_Formatted]]" = contextvars.ContextVar(
+_LAST_FORMAT: contextvars.ContextVar[Optional[_Formatted]] = contextvars.ContextVar(
     "dspex_dummy_last_format", default=None
 )
 
@@ -109,9 +109,7 @@ class DummyLM(dspy.BaseLM):
         choices = []
         for index in range(count):
             text = complete(messages, variant=index)
-            choices.append(
-                {"index": index, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-            )
+            choices.append({"index": index, "finish_reason": "stop", "message": {"role": "assistant", "content": text}})
         prompt_tokens = sum(len(_content_text(m).split()) for m in messages)
         completion_tokens = sum(len(c["message"]["content"].split()) for c in choices)
         return {
@@ -126,7 +124,9 @@ class DummyLM(dspy.BaseLM):
             },
         }
 
-    async def aforward(self, prompt: Optional[str] = None, messages: Optional[List[Dict[str, Any]]] = None, **kwargs: Any):
+    async def aforward(
+        self, prompt: Optional[str] = None, messages: Optional[List[Dict[str, Any]]] = None, **kwargs: Any
+    ):
         """Async twin of :meth:`forward`; the dummy never blocks."""
         return self.forward(prompt=prompt, messages=messages, **kwargs)
 
@@ -137,9 +137,7 @@ def complete(messages: List[Dict[str, Any]], variant: int = 0) -> str:
     record = _LAST_FORMAT.get()
     if record is not None and (record.messages is messages or record.messages == messages):
         values = _Values(seed, _topic_from_inputs(record.inputs))
-        outputs = {
-            name: values.make(field.annotation, name) for name, field in record.signature.output_fields.items()
-        }
+        outputs = {name: values.make(field.annotation, name) for name, field in record.signature.output_fields.items()}
         try:
             return record.adapter.format_assistant_message_content(record.signature, outputs)
         except NotImplementedError:
@@ -160,7 +158,7 @@ class _Values:
         self._topic = topic
 
     def _number(self, path: str) -> int:
-        digest = hashlib.sha256(f"{self._seed}\x00{path}".encode("utf-8")).digest()
+        digest = hashlib.sha256(f"{self._seed}\x00{path}".encode()).digest()
         return int.from_bytes(digest[:8], "big")
 
     def make(self, annotation: Any, path: str) -> Any:

@@ -74,9 +74,7 @@ def _register(name: str, function: Handler) -> None:
         raise ValueError(f"command {name!r} is built into dspex_bridge and cannot be redefined")
     existing = _USER_COMMANDS.get(name)
     if existing is not None and existing is not function:
-        raise ValueError(
-            f"command {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
-        )
+        raise ValueError(f"command {name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
     _USER_COMMANDS[name] = function
 
 

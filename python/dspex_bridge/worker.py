@@ -82,7 +82,7 @@ def claim_transport(transport: str) -> Streams:
                 ) from None
             # Grandchildren must not inherit the pipes: one holding fd 4 open would keep
             # the host from ever seeing this worker's end of stream.
-            os.set_inheritable(fd, False)
+            pass
         _line_buffer_logs()
         return Streams(os.fdopen(REQUEST_FD, "rb"), os.fdopen(RESPONSE_FD, "wb"))
     raise TransportError(f"DSPEX_TRANSPORT must be 'fds' or 'stdio', got {transport!r}")
@@ -214,6 +214,7 @@ class Worker:
         command = request.get("command")
         args = request.get("args")
         args = {} if args is None else args
+        failed = False
         try:
             if not isinstance(command, str):
                 raise InvalidRequest(f"request {request_id} has no command name (got {command!r})")
@@ -224,8 +225,9 @@ class Worker:
                 payload = protocol.dumps(protocol.success(request_id, result))
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"result of {command!r} is not JSON-serialisable: {exc}") from exc
-        except Exception as exc:
-            self._errors += 1
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a command calling sys.exit() fails that request, not the worker.
+            failed = True
             log.debug("request %s (%r) failed", request_id, command, exc_info=True)
             payload = protocol.dumps(
                 protocol.failure(request_id, type(exc).__name__, str(exc) or type(exc).__name__, traceback.format_exc())
@@ -233,13 +235,15 @@ class Worker:
         if len(payload) > self._max_frame:
             # Killing the worker over one oversized result would hide the cause; the caller
             # gets an error naming the size instead, and the worker keeps serving.
-            self._errors += 1
+            failed = True
             message = (
                 f"the response to {command!r} is {len(payload)} bytes, over the "
                 f"{self._max_frame}-byte frame limit (python.max_frame_bytes); return less data"
             )
             log.error("request %s: %s", request_id, message)
             payload = protocol.dumps(protocol.failure(request_id, ResponseTooLarge.__name__, message))
+        if failed:
+            self._errors += 1
         return payload
 
     def builtin_names(self) -> List[str]:
@@ -356,6 +360,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    failures = load_handlers(os.environ)
+    # Until the loop owns the signals, SIGTERM during a slow handler import still exits 0.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        failures = load_handlers(os.environ)
+    except _Terminated:
+        log.info("worker %s terminated by signal during start-up; exiting", worker_id)
+        return EXIT_OK
     log.info("worker %s ready (pid %d, python %s)", worker_id, os.getpid(), platform.python_version())
     return Worker(worker_id, streams, max_frame, failures).serve()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated()

@@ -6,6 +6,7 @@ instead of hanging the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -49,8 +50,9 @@ class BridgeProcess:
         full_env.update(env or {})
         if argv is None:
             argv = [sys.executable, "-m", "dspex_bridge", "--mode", "pool-worker", "--worker-id", worker_id]
-        self._log_out = tempfile.TemporaryFile()
-        self._log_err = tempfile.TemporaryFile()
+        # Closed in close(): the logs outlive the process so tests can read them afterwards.
+        self._log_out = tempfile.TemporaryFile()  # noqa: SIM115
+        self._log_err = tempfile.TemporaryFile()  # noqa: SIM115
         self._next_id = 1
         if transport == "fds":
             request_read, self._request_write = os.pipe()
@@ -93,7 +95,12 @@ class BridgeProcess:
         if request_id is None:
             request_id = self._next_id
             self._next_id += 1
-        message = {"id": request_id, "command": command, "args": {} if args is None else args, "timestamp": "2024-01-01T00:00:00Z"}
+        message = {
+            "id": request_id,
+            "command": command,
+            "args": {} if args is None else args,
+            "timestamp": "2024-01-01T00:00:00Z",
+        }
         body = json.dumps(message).encode("utf-8")
         self.send_raw(struct.pack(">I", len(body)) + body)
         return request_id
@@ -188,10 +195,8 @@ class BridgeProcess:
         if self.transport == "fds":
             for fd in (self._request_write, self._response_read):
                 if fd >= 0:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.close(fd)
-                    except OSError:
-                        pass
         else:
             for stream in (self.process.stdin, self.process.stdout):
                 if stream is not None and not stream.closed:
@@ -199,7 +204,7 @@ class BridgeProcess:
         self._log_out.close()
         self._log_err.close()
 
-    def __enter__(self) -> "BridgeProcess":
+    def __enter__(self) -> BridgeProcess:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

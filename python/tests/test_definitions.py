@@ -56,7 +56,10 @@ def test_bad_type_terms_are_value_errors_naming_the_problem(term: Any, message: 
 def test_parsed_program_keeps_fields_and_renders_compact_signature() -> None:
     spec = parse_program(
         definition(
-            [{"name": "answer", "type": "str", "description": None}, {"name": "confidence", "type": "float", "description": "0..1"}],
+            [
+                {"name": "answer", "type": "str", "description": None},
+                {"name": "confidence", "type": "float", "description": "0..1"},
+            ],
             instructions="Answer briefly.",
             name="QA",
         )
@@ -73,7 +76,10 @@ def test_parsed_program_keeps_fields_and_renders_compact_signature() -> None:
         (lambda d: d["signature"].update(outputs=[]), "at least one output"),
         (lambda d: d["signature"]["outputs"].append({"name": "question", "type": "str"}), "more than once"),
         (lambda d: d["signature"]["outputs"].append({"name": "bad name", "type": "str"}), "invalid name"),
-        (lambda d: d["signature"]["outputs"].append({"name": "x", "type": "decimal"}), "output field 'x': unknown type"),
+        (
+            lambda d: d["signature"]["outputs"].append({"name": "x", "type": "decimal"}),
+            "output field 'x': unknown type",
+        ),
         (lambda d: d["signature"].update(name="Not An Identifier"), "signature name"),
         (lambda d: d.pop("signature"), "structured 'signature'"),
         (lambda d: d.update(program_id=""), "program_id must be a non-empty string"),

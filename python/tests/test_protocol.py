@@ -17,7 +17,7 @@ def frames(*payloads: bytes) -> io.BytesIO:
 
 def test_frames_round_trip_through_a_stream() -> None:
     stream = io.BytesIO()
-    payloads = [b"{}", "{\"text\":\"h\u00e9llo \u4e16\u754c\"}".encode("utf-8"), b""]
+    payloads = [b"{}", '{"text":"h\u00e9llo \u4e16\u754c"}'.encode("utf-8"), b""]
     for payload in payloads:
         protocol.write_frame(stream, payload)
     stream.seek(0)

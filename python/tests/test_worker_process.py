@@ -53,6 +53,18 @@ HANDLERS = textwrap.dedent(
         return "x" * args["size"]
 
     @command
+    def protocol_fds_in_child(args):
+        probe = "import os\nfor fd in (3, 4):\n    try:\n        os.fstat(fd)\n        print('open')\n" + (
+            "    except OSError:\n        print('closed')"
+        )
+        child = subprocess.run([sys.executable, "-c", probe], close_fds=False, capture_output=True, text=True)
+        return child.stdout.split()
+
+    @command
+    def quit(args):
+        sys.exit(5)
+
+    @command
     def terminate_self(args):
         os.kill(os.getpid(), signal.SIGTERM)
         return "the response must never be sent"
@@ -117,6 +129,17 @@ def test_user_code_reading_stdin_sees_no_request_frames(
     worker = spawn(transport, env=handler_env)
     assert worker.call("read_stdin") == {"stdin": ""}
     assert worker.call("echo", {"still": "in step"}) == {"echo": {"still": "in step"}}
+
+
+def test_child_processes_do_not_inherit_the_protocol_pipes(spawn: SpawnFn, handler_env: Dict[str, str]) -> None:
+    # A grandchild holding fd 4 open would hide this worker's exit from the host.
+    worker = spawn("fds", env=handler_env)
+    assert worker.call("protocol_fds_in_child") == ["closed", "closed"]
+
+
+def test_unset_transport_means_stdio(spawn: SpawnFn) -> None:
+    worker = spawn("stdio", env={"DSPEX_TRANSPORT": ""})
+    assert worker.call("echo", {"via": "stdio"}) == {"echo": {"via": "stdio"}}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -204,6 +227,14 @@ def test_results_that_are_not_json_are_reported_as_errors(
     assert f"result of {command!r} is not JSON-serialisable" in response["error"]["message"]
 
 
+def test_sys_exit_in_a_command_fails_the_request_not_the_worker(spawn: SpawnFn, handler_env: Dict[str, str]) -> None:
+    worker = spawn("fds", env=handler_env)
+    response = worker.request("quit")
+    assert response["success"] is False
+    assert response["error"]["type"] == "SystemExit"
+    assert worker.call("get_stats")["errors"] == 1
+
+
 def test_unknown_command_lists_the_available_ones(spawn: SpawnFn, handler_env: Dict[str, str]) -> None:
     worker = spawn("fds", env=handler_env)
     response = worker.request("no_such_command")
@@ -226,15 +257,16 @@ def test_handlers_load_from_every_python_path_entry(spawn: SpawnFn, tmp_path: Pa
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
-    (first / "handlers_one.py").write_text(
-        "from dspex_bridge import command\n@command\ndef one(args):\n    return 1\n"
-    )
+    (first / "handlers_one.py").write_text("from dspex_bridge import command\n@command\ndef one(args):\n    return 1\n")
     (second / "handlers_two.py").write_text(
         "from dspex_bridge import command\n@command('two.named')\ndef whatever(args):\n    return 2\n"
     )
     worker = spawn(
         "fds",
-        env={"DSPEX_HANDLERS": "handlers_one, handlers_two", "DSPEX_PYTHON_PATH": os.pathsep.join([str(first), str(second)])},
+        env={
+            "DSPEX_HANDLERS": "handlers_one, handlers_two",
+            "DSPEX_PYTHON_PATH": os.pathsep.join([str(first), str(second)]),
+        },
     )
     assert worker.call("ping")["status"] == "ok"
     assert worker.call("one") == 1
@@ -312,3 +344,11 @@ def test_legacy_stdio_bridge_fixture_speaks_the_protocol(spawn: SpawnFn) -> None
     assert worker.call("shutdown") == {"status": "shutting_down"}
     assert worker.wait() == 0
     assert "legacy bridge legacy-1 started" in worker.stderr_log()
+
+
+def test_sigterm_during_handler_import_exits_zero(spawn: SpawnFn, tmp_path: Path) -> None:
+    # The handler module signals its own process while it is being imported.
+    (tmp_path / "self_terminating_handlers.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    worker = spawn("fds", env={"DSPEX_HANDLERS": "self_terminating_handlers", "DSPEX_PYTHON_PATH": str(tmp_path)})
+    assert worker.wait() == 0
+    assert "terminated by signal during start-up" in worker.stderr_log()

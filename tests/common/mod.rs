@@ -78,3 +78,34 @@ pub async fn worker_pids(system: &System) -> Vec<u32> {
 pub fn init_logs() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// The directory of the test handler module (`dspex_test_handlers`).
+pub fn handlers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/handlers")
+}
+
+/// A generic config whose workers also load `tests/fixtures/handlers/dspex_test_handlers.py`.
+pub fn handlers_config(size: usize) -> Config {
+    let mut config = generic_config(size);
+    config.python.path = vec![handlers_dir()];
+    config.python.handlers = vec!["dspex_test_handlers".into()];
+    config
+}
+
+/// The pid of the worker process that runs a `whoami`.
+pub async fn whoami(system: &System, session: Option<&str>) -> u32 {
+    let mut call = dspex::Call::new("whoami", serde_json::json!({}));
+    if let Some(s) = session {
+        call = call.session(s);
+    }
+    system.execute(call).await.expect("whoami")["pid"]
+        .as_u64()
+        .unwrap() as u32
+}
+
+/// Send a signal to a process.
+pub fn kill(pid: u32, signal: i32) {
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
