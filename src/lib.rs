@@ -4,6 +4,7 @@
 //! [`Signature`]s and execute them; the actor layer (`dspex-actors`) keeps the Python
 //! workers alive underneath. See the README for the CLI and configuration reference.
 
+pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod launch;

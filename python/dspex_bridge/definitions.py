@@ -17,6 +17,10 @@ MODULE_KINDS = ("predict", "chain_of_thought")
 
 _SCALARS = {"str": str, "int": int, "float": float, "bool": bool}
 
+#: Keyword arguments DSPy's ``Predict`` takes for itself; an input field with one of these
+#: names would be swallowed instead of reaching the prompt.
+RESERVED_INPUT_NAMES = frozenset({"signature", "demos", "config", "lm", "prediction"})
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -130,6 +134,12 @@ def parse_program(definition: Any, program_id: Optional[str] = None) -> ProgramS
         raise ValueError("signature instructions must be a string or null")
 
     inputs = _fields(signature.get("inputs", []), "input")
+    for field in inputs:
+        if field.name in RESERVED_INPUT_NAMES:
+            raise ValueError(
+                f"input field name {field.name!r} is reserved by DSPy "
+                f"({', '.join(sorted(RESERVED_INPUT_NAMES))}); rename the field"
+            )
     outputs = _fields(signature.get("outputs"), "output")
     if not outputs:
         raise ValueError("signature needs at least one output field")

@@ -123,7 +123,7 @@ class DspyCommands:
             "program_id": spec.program_id,
             "session_id": scope,
             "module": spec.module,
-            "signature": program.signature_text,
+            "signature": spec.signature_text(),
         }
 
     def execute_program(self, args: Dict[str, Any]) -> Dict[str, Any]:
@@ -134,7 +134,7 @@ class DspyCommands:
         if definition is not None:
             spec = parse_program(definition, program_id)
             program = self._store.get(scope, spec.program_id)
-            if program is None or program.digest != definition_hash(definition):
+            if program is None or program.digest != definition_hash(_canonical(spec, definition)):
                 # A worker that never saw this program (or saw an older version) builds it
                 # from the definition the host sent: the host's registry is the truth.
                 program = self._build(spec, definition)
@@ -168,11 +168,11 @@ class DspyCommands:
     def get_program_info(self, args: Dict[str, Any]) -> Dict[str, Any]:
         """What a cached program is and how often it ran on this worker."""
         program = self._store.require(scope_of(args), _program_id(args, required=True))
-        spec = parse_program(program.definition, program.program_id)
+        spec = program.spec
         return {
             "program_id": program.program_id,
             "module": spec.module,
-            "signature": program.signature_text,
+            "signature": spec.signature_text(),
             "inputs": [field.to_json() for field in spec.inputs],
             "outputs": [field.to_json() for field in spec.outputs],
             "executions": program.executions,
@@ -230,7 +230,8 @@ class DspyCommands:
             module = dspy.ChainOfThought(signature) if spec.module == "chain_of_thought" else dspy.Predict(signature)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"program {spec.program_id!r}: DSPy rejected the signature: {exc}") from exc
-        return Program(spec.program_id, definition, definition_hash(definition), module, spec.signature_text())
+        canonical = _canonical(spec, definition)
+        return Program(spec, canonical, definition_hash(canonical), module)
 
     def _lm(self, config: LMConfig) -> Any:
         lm = self._lms.get(config)
@@ -270,13 +271,17 @@ class DspyCommands:
             raise
 
     def _outputs(self, program: Program, prediction: Any) -> Dict[str, Any]:
-        spec = parse_program(program.definition, program.program_id)
-        declared = {field.name: field.type_term for field in spec.outputs}
+        declared = {field.name: field.type_term for field in program.spec.outputs}
         outputs: Dict[str, Any] = {}
         # Every predicted field, declared ones typed; chain_of_thought adds `reasoning`.
         for name in prediction.keys():  # noqa: SIM118 - a Prediction, not a dict
             outputs[name] = to_json(prediction[name], declared.get(name))
         return outputs
+
+
+def _canonical(spec: ProgramSpec, definition: Dict[str, Any]) -> Dict[str, Any]:
+    """The definition with its id filled in, so its hash does not depend on where the id came from."""
+    return {**definition, "program_id": spec.program_id}
 
 
 def _field(factory: Any, description: Optional[str]) -> Any:

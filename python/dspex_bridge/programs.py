@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from .definitions import ProgramSpec
 from .errors import ProgramNotFound
 
 #: Scope key; ``None`` is the anonymous scope used when a request carries no session.
@@ -37,12 +38,16 @@ def definition_hash(definition: Dict[str, Any]) -> str:
 class Program:
     """A built program and what it was built from."""
 
-    program_id: str
+    spec: ProgramSpec
     definition: Dict[str, Any]
     digest: str
     module: Any
-    signature_text: str
     executions: int = 0
+
+    @property
+    def program_id(self) -> str:
+        """The program's id within its scope."""
+        return self.spec.program_id
 
 
 class ProgramStore:

@@ -82,7 +82,7 @@ def claim_transport(transport: str) -> Streams:
                 ) from None
             # Grandchildren must not inherit the pipes: one holding fd 4 open would keep
             # the host from ever seeing this worker's end of stream.
-            pass
+            os.set_inheritable(fd, False)
         _line_buffer_logs()
         return Streams(os.fdopen(REQUEST_FD, "rb"), os.fdopen(RESPONSE_FD, "wb"))
     raise TransportError(f"DSPEX_TRANSPORT must be 'fds' or 'stdio', got {transport!r}")

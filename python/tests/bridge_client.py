@@ -7,6 +7,7 @@ instead of hanging the run.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -57,11 +58,16 @@ class BridgeProcess:
         if transport == "fds":
             request_read, self._request_write = os.pipe()
             self._response_read, response_write = os.pipe()
+            # Move the child's ends above 4 so placing one on fd 3 cannot clobber the other.
+            request_read = _above_four(request_read)
+            response_write = _above_four(response_write)
 
             def place_pipes() -> None:
-                # The contract puts requests on fd 3 and responses on fd 4.
+                # The contract puts requests on fd 3 and responses on fd 4, and nothing else.
                 os.dup2(request_read, 3)
                 os.dup2(response_write, 4)
+                os.close(request_read)
+                os.close(response_write)
 
             self.process = subprocess.Popen(
                 list(argv),
@@ -209,3 +215,10 @@ class BridgeProcess:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _above_four(fd: int) -> int:
+    """A close-on-exec duplicate of ``fd`` numbered 5 or higher; closes ``fd``."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
+    os.close(fd)
+    return moved

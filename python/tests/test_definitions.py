@@ -82,6 +82,7 @@ def test_parsed_program_keeps_fields_and_renders_compact_signature() -> None:
         ),
         (lambda d: d["signature"].update(name="Not An Identifier"), "signature name"),
         (lambda d: d.pop("signature"), "structured 'signature'"),
+        (lambda d: d["signature"]["inputs"].append({"name": "config", "type": "str"}), "'config' is reserved"),
         (lambda d: d.update(program_id=""), "program_id must be a non-empty string"),
     ],
 )

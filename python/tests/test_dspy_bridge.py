@@ -188,6 +188,17 @@ def test_a_changed_definition_rebuilds_the_cached_program(worker: BridgeProcess)
     assert info["signature"] == "question: str -> answer: str, score: int"
 
 
+def test_an_unchanged_definition_reuses_the_cached_program(worker: BridgeProcess) -> None:
+    full = definition("cached", QA_OUTPUTS)
+    without_id = {key: value for key, value in full.items() if key != "program_id"}
+    args = {"session_id": "cache", "program_id": "cached"}
+    assert worker.request("create_program", {**args, "definition": without_id})["success"]
+    worker.call("execute_program", {**args, "inputs": {"question": "q"}})
+    worker.call("execute_program", {**args, "definition": full, "inputs": {"question": "q"}})
+    # A rebuild would have started the count again.
+    assert worker.call("get_program_info", args)["executions"] == 2
+
+
 def test_bad_definitions_are_value_errors(worker: BridgeProcess) -> None:
     bad_module = definition("bad_module", QA_OUTPUTS, module="react")
     assert error_type(create(worker, bad_module, session="bad")) == "ValueError"

@@ -54,8 +54,14 @@ HANDLERS = textwrap.dedent(
 
     @command
     def protocol_fds_in_child(args):
-        probe = "import os\nfor fd in (3, 4):\n    try:\n        os.fstat(fd)\n        print('open')\n" + (
-            "    except OSError:\n        print('closed')"
+        probe = (
+            "import os\\n"
+            "for fd in (3, 4):\\n"
+            "    try:\\n"
+            "        os.fstat(fd)\\n"
+            "        print('open')\\n"
+            "    except OSError:\\n"
+            "        print('closed')\\n"
         )
         child = subprocess.run([sys.executable, "-c", probe], close_fds=False, capture_output=True, text=True)
         return child.stdout.split()

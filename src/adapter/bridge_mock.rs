@@ -1,0 +1,443 @@
+//! The layer-2 adapter: the real System, actors and wire protocol, with the DSPy
+//! commands answered by a fake worker written in Rust.
+//!
+//! [`FakeBridge`] implements the bridge's DSPy commands the way `dspex_bridge` does
+//! (per-worker program caches scoped by session, rebuilt from the `definition` every
+//! `execute_program` carries, the same error type names) but answers from
+//! [`fake_outputs`](super::fake_outputs) instead of running DSPy. Plugged into the
+//! in-memory launcher, it lets tests drive the whole request path in milliseconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use dspex_actors::protocol::Request;
+use dspex_actors::testing::{default_action, FakeAction, InMemoryLauncher};
+use serde_json::{json, Map, Value};
+
+use super::fake_outputs::{fake_outputs, fake_text};
+use super::system_backed::SystemBacked;
+use super::{Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer};
+use crate::config::Config;
+use crate::error::Result;
+use crate::program::{ModuleKind, ProgramDef, ProgramInfo};
+use crate::signature::Signature;
+use crate::system::System;
+
+/// The DSPy half of a fake worker. Clones share the caches.
+///
+/// # Examples
+///
+/// Crash on a command of your own, behave like the bridge otherwise:
+///
+/// ```
+/// use dspex::adapter::FakeBridge;
+/// use dspex_actors::testing::{FakeAction, InMemoryLauncher};
+///
+/// let bridge = FakeBridge::new();
+/// let launcher = InMemoryLauncher::with_script(move |worker_id, req| match req.command.as_str() {
+///     "boom" => FakeAction::Die,
+///     _ => bridge.handle(worker_id, req),
+/// });
+/// # let _ = launcher;
+/// ```
+#[derive(Clone, Default)]
+pub struct FakeBridge {
+    workers: Arc<Mutex<HashMap<String, WorkerCache>>>,
+}
+
+/// One fake worker's state, as one Python worker process would hold it.
+#[derive(Default)]
+struct WorkerCache {
+    /// Scope (session id, `None` = anonymous) → program id → cached program.
+    scopes: HashMap<Option<String>, BTreeMap<String, Cached>>,
+    requests: u64,
+    errors: u64,
+}
+
+struct Cached {
+    def: ProgramDef,
+    /// The definition as sent; a different one means the program must be rebuilt.
+    wire: Value,
+    executions: u64,
+}
+
+/// A failed command: the Python exception type name and its message.
+type Failure = (&'static str, String);
+
+impl FakeBridge {
+    /// Empty caches.
+    pub fn new() -> Self {
+        FakeBridge::default()
+    }
+
+    /// What worker `worker_id` answers to `req`: the DSPy commands, `get_stats`,
+    /// `cleanup_session` and `reset_state` here, everything else as
+    /// [`default_action`].
+    pub fn handle(&self, worker_id: &str, req: &Request) -> FakeAction {
+        let mut workers = self.lock();
+        let cache = workers.entry(worker_id.to_owned()).or_default();
+        cache.requests += 1;
+        let args = &req.args;
+        let answer = match req.command.as_str() {
+            "create_program" => cache.create_program(args),
+            "execute_program" => cache.execute_program(args),
+            "list_programs" => scope_of(args).map(|scope| {
+                let ids: Vec<&String> = cache
+                    .scopes
+                    .get(&scope)
+                    .map(|p| p.keys().collect())
+                    .unwrap_or_default();
+                json!({"programs": ids})
+            }),
+            "delete_program" => cache.delete_program(args),
+            "get_program_info" => cache.get_program_info(args),
+            "get_stats" => Ok(json!({
+                "requests": cache.requests,
+                "errors": cache.errors,
+                "programs": cache.programs(),
+                "worker_id": worker_id,
+            })),
+            "cleanup_session" => scope_of(args).map(|scope| {
+                let removed = cache.scopes.remove(&scope).map_or(0, |p| p.len());
+                json!({"session_id": scope, "programs_removed": removed})
+            }),
+            "reset_state" => {
+                let removed = cache.programs();
+                cache.scopes.clear();
+                Ok(json!({"programs_removed": removed}))
+            }
+            "configure_lm" => {
+                Ok(json!({"model": args.get("model").cloned().unwrap_or(Value::Null)}))
+            }
+            _ => return default_action(worker_id, req),
+        };
+        match answer {
+            Ok(result) => FakeAction::Reply(result),
+            Err((error_type, message)) => {
+                cache.errors += 1;
+                FakeAction::fail(error_type, message)
+            }
+        }
+    }
+
+    /// How many programs worker `worker_id` has cached, over all scopes (0 for a worker
+    /// that never answered).
+    pub fn cached_programs(&self, worker_id: &str) -> usize {
+        self.lock().get(worker_id).map_or(0, WorkerCache::programs)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, WorkerCache>> {
+        // Each update is one insert or remove, so a panic elsewhere leaves usable data.
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl WorkerCache {
+    fn programs(&self) -> usize {
+        self.scopes.values().map(BTreeMap::len).sum()
+    }
+
+    fn create_program(&mut self, args: &Value) -> Result<Value, Failure> {
+        let scope = scope_of(args)?;
+        let wire = args
+            .get("definition")
+            .ok_or_else(|| ("ValueError", "create_program needs a definition".to_owned()))?;
+        let def = parse_definition(wire)?;
+        let programs = self.scopes.entry(scope.clone()).or_default();
+        if programs.contains_key(&def.id) {
+            return Err((
+                "ProgramExists",
+                format!(
+                    "program {:?} already exists in {}; delete it first",
+                    def.id,
+                    where_(&scope)
+                ),
+            ));
+        }
+        let answer = json!({
+            "program_id": def.id,
+            "session_id": scope,
+            "module": def.module.as_str(),
+            "signature": def.signature.to_string(),
+        });
+        programs.insert(
+            def.id.clone(),
+            Cached {
+                def,
+                wire: wire.clone(),
+                executions: 0,
+            },
+        );
+        Ok(answer)
+    }
+
+    fn execute_program(&mut self, args: &Value) -> Result<Value, Failure> {
+        let scope = scope_of(args)?;
+        let programs = self.scopes.entry(scope.clone()).or_default();
+        let program = match args.get("definition") {
+            Some(wire) => {
+                let def = parse_definition(wire)?;
+                let stale = programs
+                    .get(&def.id)
+                    .map_or(true, |cached| &cached.wire != wire);
+                if stale {
+                    // A worker that never saw the program, or saw an older version,
+                    // rebuilds it from what the host sent, as the real bridge does.
+                    programs.insert(
+                        def.id.clone(),
+                        Cached {
+                            def: def.clone(),
+                            wire: wire.clone(),
+                            executions: 0,
+                        },
+                    );
+                }
+                programs
+                    .get_mut(&def.id)
+                    .expect("inserted above if missing")
+            }
+            None => {
+                let id = program_id(args)?;
+                programs.get_mut(&id).ok_or_else(|| missing(&id, &scope))?
+            }
+        };
+        let inputs = match args.get("inputs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(inputs)) => inputs.clone(),
+            Some(other) => {
+                return Err((
+                    "ValueError",
+                    format!("inputs must be an object, got {other}"),
+                ))
+            }
+        };
+        program.executions += 1;
+        let def = &program.def;
+        let mut outputs = Map::new();
+        if def.module == ModuleKind::ChainOfThought && def.signature.output("reasoning").is_none() {
+            // DSPy's ChainOfThought predicts a rationale first; the host drops it as
+            // undeclared, but it is on the wire like the real one.
+            outputs.insert("reasoning".into(), fake_text(&def.id, &inputs, "reasoning"));
+        }
+        outputs.extend(fake_outputs(&def.id, &def.signature, &inputs));
+        Ok(json!({"program_id": def.id, "outputs": outputs}))
+    }
+
+    fn delete_program(&mut self, args: &Value) -> Result<Value, Failure> {
+        let scope = scope_of(args)?;
+        let id = program_id(args)?;
+        let programs = self
+            .scopes
+            .get_mut(&scope)
+            .ok_or_else(|| missing(&id, &scope))?;
+        programs.remove(&id).ok_or_else(|| missing(&id, &scope))?;
+        if programs.is_empty() {
+            self.scopes.remove(&scope);
+        }
+        Ok(json!({"deleted": true}))
+    }
+
+    fn get_program_info(&self, args: &Value) -> Result<Value, Failure> {
+        let scope = scope_of(args)?;
+        let id = program_id(args)?;
+        let cached = self
+            .scopes
+            .get(&scope)
+            .and_then(|p| p.get(&id))
+            .ok_or_else(|| missing(&id, &scope))?;
+        let wire = cached.def.signature.to_wire();
+        Ok(json!({
+            "program_id": id,
+            "module": cached.def.module.as_str(),
+            "signature": cached.def.signature.to_string(),
+            "inputs": wire["inputs"],
+            "outputs": wire["outputs"],
+            "executions": cached.executions,
+        }))
+    }
+}
+
+fn scope_of(args: &Value) -> Result<Option<String>, Failure> {
+    match args.get("session_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) => Ok(Some(id.clone())),
+        Some(other) => Err((
+            "ValueError",
+            format!("session_id must be a string or null, got {other}"),
+        )),
+    }
+}
+
+fn program_id(args: &Value) -> Result<String, Failure> {
+    match args.get("program_id") {
+        Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
+        other => Err((
+            "ValueError",
+            format!("program_id must be a non-empty string, got {other:?}"),
+        )),
+    }
+}
+
+fn parse_definition(wire: &Value) -> Result<ProgramDef, Failure> {
+    ProgramDef::from_wire(wire)
+        .map_err(|e| ("ValueError", format!("invalid program definition: {e}")))
+}
+
+fn where_(scope: &Option<String>) -> String {
+    match scope {
+        None => "the anonymous scope".into(),
+        Some(id) => format!("session {id:?}"),
+    }
+}
+
+fn missing(id: &str, scope: &Option<String>) -> Failure {
+    (
+        "ProgramNotFound",
+        format!("no program {id:?} in {}; create it first", where_(scope)),
+    )
+}
+
+/// The layer-2 adapter. See the [module docs](self).
+///
+/// # Examples
+///
+/// ```
+/// # async fn demo() -> dspex::Result<()> {
+/// use dspex::adapter::{Adapter, BridgeMock};
+/// use dspex::{ModuleKind, Signature};
+///
+/// let adapter = BridgeMock::start(&dspex::Config::test()).await?;
+/// let sig: Signature = "question -> answer".parse()?;
+/// adapter.create_program(None, "qa", &sig, ModuleKind::Predict).await?;
+/// // The request really crossed the wire protocol to a (fake) worker.
+/// assert!(adapter.launcher().requests().iter().any(|(_, r)| r.command == "create_program"));
+/// adapter.shutdown().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+pub struct BridgeMock {
+    core: SystemBacked,
+    launcher: InMemoryLauncher,
+    bridge: FakeBridge,
+}
+
+impl BridgeMock {
+    /// Starts an isolated system whose `pool.size` workers are [`FakeBridge`]s on the
+    /// in-memory transport, and waits until all are ready. [`Adapter::shutdown`] stops
+    /// it. `python.*` settings are not used: no process is started.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::start`](crate::system::Builder::start); with fakes that only
+    /// happens when the system cannot start its thread.
+    pub async fn start(config: &Config) -> Result<Self> {
+        let bridge = FakeBridge::new();
+        let script = bridge.clone();
+        let launcher =
+            InMemoryLauncher::with_script(move |worker_id, req| script.handle(worker_id, req));
+        let size = config.pool.size;
+        let system = System::builder(config.clone())
+            .launcher(Arc::new(launcher.clone()))
+            .wait_ready(size)
+            .start()
+            .await?;
+        Ok(BridgeMock {
+            core: SystemBacked::new(AdapterKind::BridgeMock, system, true),
+            launcher,
+            bridge,
+        })
+    }
+
+    /// The in-memory launcher: counts launches and records every request that reached a
+    /// fake worker, so a test can assert what did (or did not) cross the wire.
+    pub fn launcher(&self) -> &InMemoryLauncher {
+        &self.launcher
+    }
+
+    /// The fake workers' program caches.
+    pub fn bridge(&self) -> &FakeBridge {
+        &self.bridge
+    }
+
+    /// The system underneath.
+    pub fn system(&self) -> &System {
+        self.core.system()
+    }
+}
+
+#[async_trait]
+impl Adapter for BridgeMock {
+    fn kind(&self) -> AdapterKind {
+        AdapterKind::BridgeMock
+    }
+
+    fn supported_layers(&self) -> &'static [TestLayer] {
+        &[TestLayer::Layer2]
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            real_dspy: false,
+            processes: false,
+            actors: true,
+            sessions: true,
+            lm_calls: false,
+            error_injection: false,
+            fake_outputs: true,
+        }
+    }
+
+    async fn create_program(
+        &self,
+        session: Option<&str>,
+        program_id: &str,
+        signature: &Signature,
+        module: ModuleKind,
+    ) -> Result<ProgramInfo> {
+        self.core
+            .create_program(session, program_id, signature, module)
+            .await
+    }
+
+    async fn execute_program(
+        &self,
+        session: Option<&str>,
+        program_id: &str,
+        inputs: Map<String, Value>,
+    ) -> Result<Map<String, Value>> {
+        self.core.execute_program(session, program_id, inputs).await
+    }
+
+    async fn list_programs(&self, session: Option<&str>) -> Result<Vec<String>> {
+        self.core.list_programs(session).await
+    }
+
+    async fn delete_program(&self, session: Option<&str>, program_id: &str) -> Result<()> {
+        self.core.delete_program(session, program_id).await
+    }
+
+    async fn get_program_info(
+        &self,
+        session: Option<&str>,
+        program_id: &str,
+    ) -> Result<ProgramInfo> {
+        self.core.get_program_info(session, program_id).await
+    }
+
+    async fn configure_lm(&self, lm: LmSettings) -> Result<()> {
+        self.core.configure_lm(lm)
+    }
+
+    async fn health_check(&self) -> Result<AdapterHealth> {
+        self.core.health_check().await
+    }
+
+    async fn stats(&self) -> Result<Value> {
+        self.core.stats().await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.core.shutdown().await
+    }
+}

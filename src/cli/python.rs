@@ -1,0 +1,132 @@
+//! Preparing the workers' Python with progress a person can follow.
+//!
+//! The first `dspex` command on a machine builds the managed venv (a minute or more of
+//! `pip install`). Silence for that long looks like a hang, so every phase is shown on
+//! stderr: a spinner with pip's latest line on a terminal, one line per phase otherwise
+//! (pip's own lines then go to the debug log, to keep CI logs short).
+
+use std::time::Duration;
+
+use dspex::config::Config;
+use dspex::python_env::{self, Progress, PythonEnv};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::CliError;
+
+/// What [`prepare`] did, for `dspex setup` to report.
+pub struct Prepared {
+    pub env: PythonEnv,
+    /// Whether anything was created or installed (false: an existing venv was reused).
+    pub changed: bool,
+}
+
+/// [`python_env::ensure`] for `config`, off the async threads, with progress on stderr.
+pub async fn prepare(config: &Config, require_dspy: bool) -> Result<PythonEnv, CliError> {
+    Ok(prepare_reporting(config, require_dspy).await?.env)
+}
+
+/// [`prepare`], also saying whether anything had to be built.
+pub async fn prepare_reporting(config: &Config, require_dspy: bool) -> Result<Prepared, CliError> {
+    let setup = dspex::launch::python_setup(config, require_dspy);
+    let terminal = super::stderr_is_terminal();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut display = Display::new(terminal);
+        let result = python_env::ensure(&setup, &mut |p| display.show(p));
+        display.finish();
+        result.map(|env| Prepared {
+            env,
+            changed: display.reported,
+        })
+    })
+    .await;
+    match joined {
+        Ok(result) => Ok(result.map_err(dspex::Error::from)?),
+        Err(e) => Err(CliError::Dspex(dspex::Error::Environment(format!(
+            "preparing Python stopped unexpectedly: {e}"
+        )))),
+    }
+}
+
+/// Where progress goes: a spinner on a terminal, plain lines otherwise.
+struct Display {
+    spinner: Option<ProgressBar>,
+    terminal: bool,
+    /// Whether anything was reported (`ensure` reports nothing for a ready venv).
+    reported: bool,
+}
+
+impl Display {
+    fn new(terminal: bool) -> Self {
+        Display {
+            spinner: None,
+            terminal,
+            reported: false,
+        }
+    }
+
+    fn spinner(&mut self) -> &ProgressBar {
+        self.spinner.get_or_insert_with(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        })
+    }
+
+    fn show(&mut self, progress: Progress<'_>) {
+        self.reported = true;
+        match (progress, self.terminal) {
+            (Progress::Step(step), true) => {
+                let spinner = self.spinner();
+                spinner.println(format!("dspex: {step}"));
+                spinner.set_message(step.to_owned());
+            }
+            (Progress::Line(line), true) => {
+                let line: String = line.chars().take(100).collect();
+                self.spinner().set_message(line);
+            }
+            (Progress::Done(done), true) => {
+                if let Some(spinner) = self.spinner.take() {
+                    spinner.finish_and_clear();
+                }
+                eprintln!("dspex: {done}");
+            }
+            (Progress::Step(s) | Progress::Done(s), false) => eprintln!("dspex: {s}"),
+            (Progress::Line(line), false) => log::debug!("python setup: {line}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(spinner) = self.spinner.take() {
+            spinner.finish_and_clear();
+        }
+    }
+}
+
+/// `dspy.__version__` as `python` imports it; the error says how to repair the venv.
+pub async fn dspy_version(python: &std::path::Path) -> Result<String, CliError> {
+    let output = tokio::process::Command::new(python)
+        .args(["-c", "import dspy; print(dspy.__version__)"])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| CliError::Io {
+            action: "run",
+            path: python.to_owned(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or("no error output").trim();
+    Err(CliError::Dspex(dspex::Error::Environment(format!(
+        "`{}` cannot import dspy ({last}); reinstall it with `{} -m pip install -r <requirements>`, \
+         or delete that venv and run `dspex setup` again",
+        python.display(),
+        python.display()
+    ))))
+}

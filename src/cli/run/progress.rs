@@ -1,0 +1,192 @@
+//! Progress of a run on stderr, and the summary line at its end.
+//!
+//! On a terminal an indicatif bar redraws in place; its length is the input file's size
+//! in bytes and its position the bytes of input whose output is written, so it shows a
+//! real fraction and an ETA (a pipe has no size: then it is a counter). Anywhere else
+//! (CI logs, `2> file`) redrawing would spam, so a plain line is printed every few
+//! seconds instead.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How often plain progress lines are printed when stderr is not a terminal.
+pub const LINE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Counts rows and shows how far the run is.
+pub struct RunProgress {
+    started: Instant,
+    ok: u64,
+    failed: u64,
+    bar: Option<ProgressBar>,
+}
+
+impl RunProgress {
+    /// `input_bytes`: the input's size when it is a regular file.
+    pub fn new(terminal: bool, input_bytes: Option<u64>) -> Self {
+        let bar = terminal.then(|| {
+            let bar = match input_bytes {
+                Some(len) => ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()),
+                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            };
+            let template = match input_bytes {
+                Some(_) => "{bar:30} {percent:>3}% {msg} [{elapsed_precise}, eta {eta}]",
+                None => "{spinner} {msg} [{elapsed_precise}]",
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        RunProgress {
+            started: Instant::now(),
+            ok: 0,
+            failed: 0,
+            bar,
+        }
+    }
+
+    /// A row's output line was written; `end_offset` is where its input line ended.
+    pub fn row_written(&mut self, ok: bool, end_offset: Option<u64>) {
+        if ok {
+            self.ok += 1;
+        } else {
+            self.failed += 1;
+        }
+        if let Some(bar) = &self.bar {
+            if let Some(offset) = end_offset {
+                bar.set_position(offset);
+            }
+            bar.set_message(self.counts());
+        }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    fn counts(&self) -> String {
+        let elapsed = self.started.elapsed();
+        format!(
+            "{} rows ({} ok, {} failed), {:.1} rows/s",
+            self.ok + self.failed,
+            self.ok,
+            self.failed,
+            rate(self.ok + self.failed, elapsed)
+        )
+    }
+
+    /// The periodic plain line (no-op when a bar is drawn).
+    pub fn tick(&self) {
+        if self.bar.is_none() {
+            eprintln!(
+                "dspex: {} in {:.1}s",
+                self.counts(),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Prints a message without tearing the bar.
+    pub fn note(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
+
+    /// Removes the bar and prints the summary line (plus CPU use when asked for).
+    pub fn finish(self, stopped_by: Option<&str>, report_cpu: bool) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let elapsed = self.started.elapsed();
+        let rows = self.ok + self.failed;
+        let mut line = format!(
+            "dspex: {} rows ok, {} failed in {:.2}s ({:.1} rows/s)",
+            self.ok,
+            self.failed,
+            elapsed.as_secs_f64(),
+            rate(rows, elapsed)
+        );
+        if let Some(signal) = stopped_by {
+            line.push_str(&format!("; stopped by {signal}, output covers the rows read"));
+        }
+        if report_cpu {
+            if let Some((user, system)) = own_cpu_time() {
+                let total = user + system;
+                line.push_str(&format!(
+                    "; cpu {:.3}s user + {:.3}s sys = {:.3} ms/row",
+                    user.as_secs_f64(),
+                    system.as_secs_f64(),
+                    if rows == 0 {
+                        0.0
+                    } else {
+                        total.as_secs_f64() * 1000.0 / rows as f64
+                    }
+                ));
+            }
+        }
+        eprintln!("{line}");
+    }
+}
+
+fn rate(rows: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        rows as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// User and system CPU time of this process (all its threads, no child processes).
+fn own_cpu_time() -> Option<(Duration, Duration)> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Some((time(usage.ru_utime), time(usage.ru_stime)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_ok_and_failed_rows() {
+        let mut p = RunProgress::new(false, None);
+        p.row_written(true, Some(10));
+        p.row_written(false, None);
+        p.row_written(true, Some(30));
+        assert_eq!((p.ok(), p.failed()), (2, 1));
+        assert!(p.counts().starts_with("3 rows (2 ok, 1 failed)"));
+    }
+
+    #[test]
+    fn own_cpu_time_is_measured() {
+        // Burn a little CPU so the counter has moved past zero on any clock granularity.
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let (user, system) = own_cpu_time().unwrap();
+        assert!(user + system > Duration::ZERO);
+    }
+
+    #[test]
+    fn rate_of_zero_elapsed_is_zero() {
+        assert_eq!(rate(10, Duration::ZERO), 0.0);
+        assert_eq!(rate(10, Duration::from_secs(2)), 5.0);
+    }
+}

@@ -1,0 +1,73 @@
+//! No Python process outlives its host, even when the host is killed with SIGKILL
+//! (PR_SET_PDEATHSIG in the worker). The host is this test binary re-executed as a helper.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const HELPER_ENV: &str = "DSPEX_TEST_HOST_HELPER";
+
+/// Runs only as the helper: start a system, print the worker pids, then wait to be killed.
+#[tokio::test]
+async fn host_helper() {
+    if std::env::var_os(HELPER_ENV).is_none() {
+        return; // Not the helper run: nothing to do.
+    }
+    let system = start_generic(2).await;
+    let pids = worker_pids(&system).await;
+    println!(
+        "PIDS {}",
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[test]
+fn workers_die_within_a_second_of_their_host_being_killed_with_sigkill() {
+    let exe = std::env::current_exe().unwrap();
+    let mut host = Command::new(exe)
+        .args([
+            "--exact",
+            "host_helper",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(HELPER_ENV, "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    for line in BufReader::new(host.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // libtest prints `test host_helper ... ` on the same line first.
+        if let Some((_, rest)) = line.split_once("PIDS ") {
+            pids = rest
+                .split_whitespace()
+                .map(|p| p.parse::<u32>().unwrap())
+                .collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "helper reported its workers");
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    kill(host.id(), libc::SIGKILL);
+    host.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while pids.iter().any(|p| pid_alive(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let survivors: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
+    assert!(
+        survivors.is_empty(),
+        "workers {survivors:?} outlived their SIGKILLed host by 1 s"
+    );
+}
