@@ -242,6 +242,18 @@ impl Session {
                 message: "a program id must not be empty".into(),
             }));
         }
+        if module == ModuleKind::ChainOfThought
+            && signature
+                .inputs
+                .iter()
+                .chain(&signature.outputs)
+                .any(|f| f.name == "reasoning")
+        {
+            return Err(Error::Validation(ValidationError {
+                field: "reasoning".into(),
+                message: "chain_of_thought adds its own `reasoning` output; rename that field or use `predict`".into(),
+            }));
+        }
         let def = ProgramDef::new(program_id, module, signature.clone());
         let wire = def.to_wire();
         let stored = wire.clone();
@@ -334,7 +346,14 @@ impl Session {
             .await
             .map_err(|e| map_program_error(e, program_id, &self.id))?;
         let outputs = result.get("outputs").cloned().unwrap_or(Value::Null);
-        Ok(def.signature.decode_outputs(&outputs)?)
+        let mut decoded = def.signature.decode_outputs(&outputs)?;
+        // ChainOfThought's own `reasoning` step is part of what users want to see.
+        if def.module == ModuleKind::ChainOfThought && !decoded.contains_key("reasoning") {
+            if let Some(reasoning) = outputs.get("reasoning").filter(|r| r.is_string()) {
+                decoded.insert("reasoning".into(), reasoning.clone());
+            }
+        }
+        Ok(decoded)
     }
 
     /// Program ids in this session, sorted.

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use dspex_actors::TimeoutStage;
 use serde_json::{json, Map, Value};
 
-use super::fake_outputs::fake_outputs;
+use super::fake_outputs::{fake_outputs, fake_text};
 use super::{
     check_program_id, Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer,
 };
@@ -314,11 +314,29 @@ impl Adapter for Mock {
             .and_then(|programs| programs.get(program_id))
             .ok_or_else(|| not_found(program_id, &sid))?;
         def.signature.validate_inputs(&inputs)?;
+        let adds_reasoning =
+            def.module == ModuleKind::ChainOfThought && def.signature.output("reasoning").is_none();
         let raw = match state.outputs.get(program_id) {
             Some(fixed) => fixed.clone(),
-            None => fake_outputs(program_id, &def.signature, &inputs),
+            None => {
+                let mut raw = fake_outputs(program_id, &def.signature, &inputs);
+                if adds_reasoning {
+                    raw.insert(
+                        "reasoning".into(),
+                        fake_text(program_id, &inputs, "reasoning"),
+                    );
+                }
+                raw
+            }
         };
-        Ok(def.signature.decode_outputs(&Value::Object(raw))?)
+        let mut outputs = def.signature.decode_outputs(&Value::Object(raw.clone()))?;
+        // As `Session::execute`: chain-of-thought's own rationale is kept when it is text.
+        if adds_reasoning {
+            if let Some(reasoning) = raw.get("reasoning").filter(|r| r.is_string()) {
+                outputs.insert("reasoning".into(), reasoning.clone());
+            }
+        }
+        Ok(outputs)
     }
 
     async fn list_programs(&self, session: Option<&str>) -> Result<Vec<String>> {
@@ -453,6 +471,30 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), "validation", "{err}");
         assert!(err.to_string().contains("confidence"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn chain_of_thought_adds_a_reasoning_text_unless_declared() {
+        let mock = Mock::new();
+        let inputs = obj(json!({"question": "?"}));
+        mock.create_program(None, "cot", &qa(), ModuleKind::ChainOfThought)
+            .await
+            .unwrap();
+        let out = mock
+            .execute_program(None, "cot", inputs.clone())
+            .await
+            .unwrap();
+        assert!(out["reasoning"]
+            .as_str()
+            .unwrap()
+            .starts_with("mock reasoning "));
+        assert_eq!(out.len(), 3);
+        let declared: Signature = "question -> reasoning: list[str]".parse().unwrap();
+        mock.create_program(None, "cot2", &declared, ModuleKind::ChainOfThought)
+            .await
+            .unwrap();
+        let out = mock.execute_program(None, "cot2", inputs).await.unwrap();
+        assert!(out["reasoning"].is_array(), "{out:?}");
     }
 
     #[tokio::test]

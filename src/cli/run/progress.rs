@@ -115,7 +115,9 @@ impl RunProgress {
             rate(rows, elapsed)
         );
         if let Some(signal) = stopped_by {
-            line.push_str(&format!("; stopped by {signal}, output covers the rows read"));
+            line.push_str(&format!(
+                "; stopped by {signal}, output covers the rows read"
+            ));
         }
         if report_cpu {
             if let Some((user, system)) = own_cpu_time() {

@@ -53,8 +53,11 @@ pub fn parse(line: &[u8], line_no: u64, signature: &Signature) -> Result<Row, Re
         id: Value::Null,
         error: RowError::new("input", format!("line {line_no}: {message}")),
     };
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| input_error(format!("not valid JSON ({e}); each line must be one JSON object")))?;
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        input_error(format!(
+            "not valid JSON ({e}); each line must be one JSON object"
+        ))
+    })?;
     let Value::Object(mut object) = value else {
         return Err(input_error(format!(
             "expected a JSON object with the inputs {}, got {}",
@@ -204,11 +207,7 @@ mod tests {
             r#"{"index":3,"id":"a","outputs":{"answer":"42"}}"#
         );
         assert_eq!(
-            render(
-                0,
-                &Value::Null,
-                &Err(RowError::new("input", "line 1: bad"))
-            ),
+            render(0, &Value::Null, &Err(RowError::new("input", "line 1: bad"))),
             r#"{"index":0,"id":null,"error":{"kind":"input","message":"line 1: bad"}}"#
         );
     }
