@@ -15,10 +15,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let session = system.open_session(None).await?;
     let signature: Signature = "question -> answer, confidence: float".parse()?;
-    session.create_program("qa", &signature, ModuleKind::Predict).await?;
+    session
+        .create_program("qa", &signature, ModuleKind::Predict)
+        .await?;
 
     let inputs = json!({"question": "What does dspex do?"});
-    let outputs = session.execute("qa", inputs.as_object().cloned().unwrap_or_default()).await?;
+    let outputs = session
+        .execute("qa", inputs.as_object().cloned().unwrap_or_default())
+        .await?;
     println!("{}", serde_json::to_string_pretty(&outputs)?);
 
     session.end().await?;

@@ -151,6 +151,10 @@ impl From<config::ConfigError> for CliError {
 }
 
 impl CliError {
+    fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Io { .. } => 2,
@@ -206,6 +210,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
         Ok(Outcome::Interrupted(signal)) => ExitCode::from(128 + signal.number()),
+        Err(e) if e.is_broken_pipe() => {
+            // The reader went away (`dspex run ... | head`): like a process killed by
+            // SIGPIPE, stop quietly with 128 + 13.
+            log::debug!("{e}");
+            ExitCode::from(128 + libc::SIGPIPE as u8)
+        }
         Err(e) => {
             report_error(&e);
             ExitCode::from(e.exit_code())

@@ -126,7 +126,7 @@ pub struct ProgramInfo {
 }
 
 impl ProgramInfo {
-    fn of(def: &ProgramDef, session_id: &str) -> Self {
+    pub(crate) fn of(def: &ProgramDef, session_id: &str) -> Self {
         ProgramInfo {
             program_id: def.id.clone(),
             session_id: session_id.to_owned(),

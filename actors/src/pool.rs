@@ -180,6 +180,8 @@ pub struct PoolManager {
     shutdown: Option<ShutdownState>,
     supervisor: Option<Recipient<PoolStopped>>,
     handover: Option<PoolHandover>,
+    /// The one timer that expires queued requests, and when it fires.
+    expiry: Option<(Instant, SpawnHandle)>,
 }
 
 impl PoolManager {
@@ -224,6 +226,7 @@ impl PoolManager {
             shutdown: None,
             supervisor,
             handover,
+            expiry: None,
         }
     }
 
@@ -315,15 +318,30 @@ impl PoolManager {
         }
     }
 
-    fn arm_expiry(&self, seq: u64, deadline: Instant, ctx: &mut Context<Self>) {
+    /// Make sure a timer fires by `deadline`. One timer serves the whole queue (armed for
+    /// the earliest deadline): a timer per queued request would pile up thousands of
+    /// spawned items in the context at high request rates.
+    fn arm_expiry(&mut self, deadline: Instant, ctx: &mut Context<Self>) {
+        if let Some((at, handle)) = self.expiry {
+            if at <= deadline {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
         let delay = deadline.saturating_duration_since(Instant::now());
-        ctx.run_later(delay, move |act, _| act.expire(seq));
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.expiry = None;
+            for queued in act.sched.expire_due(Instant::now()) {
+                act.expire(queued);
+            }
+            if let Some(next) = act.sched.next_deadline() {
+                act.arm_expiry(next, ctx);
+            }
+        });
+        self.expiry = Some((deadline, handle));
     }
 
-    fn expire(&mut self, seq: u64) {
-        let Some(queued) = self.sched.expire(seq) else {
-            return;
-        };
+    fn expire(&mut self, queued: scheduler::Queued<Job>) {
         self.totals.checkout_timeouts += 1;
         let hint = match (&self.last_start_error, self.ready_count()) {
             (Some(e), 0) => format!("no worker is ready; the last start failed: {e}"),
@@ -410,10 +428,9 @@ impl PoolManager {
                     job.attempt + 1
                 );
                 let deadline = Instant::now() + self.config.checkout_timeout;
-                let seq = self
-                    .sched
+                self.sched
                     .requeue_front(job.session_id.clone(), job, deadline);
-                self.arm_expiry(seq, deadline, ctx);
+                self.arm_expiry(deadline, ctx);
             } else {
                 let (reason, last_output) = match reason.split_once("; last output: ") {
                     Some((r, out)) => (r.to_owned(), out.to_owned()),
@@ -587,8 +604,8 @@ impl PoolManager {
         self.ready_waiters = handover.ready_waiters;
         self.sched.restore_affinity(handover.affinity);
         for (session, job, deadline) in handover.queue {
-            let seq = self.sched.restore(session, job, deadline);
-            self.arm_expiry(seq, deadline, ctx);
+            self.sched.restore(session, job, deadline);
+            self.arm_expiry(deadline, ctx);
         }
         let me = ctx.address().recipient::<WorkerEvent>();
         for (id, entry) in handover.workers {
@@ -751,7 +768,7 @@ impl Handler<Submit> for PoolManager {
         let deadline = Instant::now() + self.config.checkout_timeout;
         match self.sched.submit(job.session_id.clone(), job, deadline) {
             Submitted::Run { worker, job } => self.run(worker, job),
-            Submitted::Queued { seq } => self.arm_expiry(seq, deadline, ctx),
+            Submitted::Queued { .. } => self.arm_expiry(deadline, ctx),
             Submitted::Busy { job, queued } => {
                 self.totals.rejected_busy += 1;
                 job.answer(Err(ActorError::PoolBusy { queued }));

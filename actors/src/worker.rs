@@ -232,6 +232,8 @@ impl Worker {
         });
     }
 
+    /// The snapshot sent with every event: no `/proc` read on the request path (the pool
+    /// fills in RSS when someone asks for status).
     fn snapshot(&self) -> WorkerSnapshot {
         WorkerSnapshot {
             id: self.state.id.clone(),
@@ -241,7 +243,7 @@ impl Worker {
             session: self.state.session.clone(),
             stats: self.state.stats.clone(),
             uptime_ms: self.spawned_at.elapsed().as_millis() as u64,
-            rss_bytes: self.pid.and_then(process::rss_bytes),
+            rss_bytes: None,
         }
     }
 
@@ -596,7 +598,7 @@ impl StreamHandler<LogLine> for Worker {
 impl Handler<Dispatch> for Worker {
     type Result = ();
 
-    fn handle(&mut self, Dispatch(job): Dispatch, ctx: &mut Self::Context) {
+    fn handle(&mut self, Dispatch(mut job): Dispatch, ctx: &mut Self::Context) {
         if self.phase != Phase::Running {
             // Raced with a crash or a stop: hand it back like a crash would.
             self.notify(WorkerEventKind::Exited {
@@ -607,7 +609,7 @@ impl Handler<Dispatch> for Worker {
             return;
         }
         self.state.checkout(job.session_id.as_deref());
-        let mut args = job.args.clone();
+        let mut args = std::mem::take(&mut job.args);
         if let (Some(session), Value::Object(map)) = (&job.session_id, &mut args) {
             map.entry("session_id")
                 .or_insert_with(|| Value::String(session.clone()));
@@ -736,6 +738,8 @@ impl Handler<Snapshot> for Worker {
     type Result = MessageResult<Snapshot>;
 
     fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.snapshot())
+        let mut snapshot = self.snapshot();
+        snapshot.rss_bytes = self.pid.and_then(process::rss_bytes);
+        MessageResult(snapshot)
     }
 }

@@ -40,7 +40,8 @@ fn worker_dies_when_its_host_is_killed() {
             0,
             "helper ended without a pid"
         );
-        if let Some(pid) = line.trim().strip_prefix(PID_PREFIX) {
+        // The harness may have printed the test name on the same line.
+        if let Some((_, pid)) = line.trim().split_once(PID_PREFIX) {
             break pid.parse::<i32>().unwrap();
         }
     };
@@ -66,7 +67,7 @@ fn run_host_helper() {
         .unwrap();
     rt.block_on(async {
         let conn = spawn(&sh_spec("exec sleep 1000"), "w-orphan").unwrap();
-        println!("{PID_PREFIX}{}", conn.process.as_ref().unwrap().pid());
+        println!("\n{PID_PREFIX}{}", conn.process.as_ref().unwrap().pid());
         let mut go = String::new();
         std::io::stdin().read_line(&mut go).unwrap();
         // SAFETY: kill has no memory-safety preconditions; this ends the process.

@@ -110,10 +110,15 @@ class DspyCommands:
     # -- commands ---------------------------------------------------------------------------
 
     def create_program(self, args: Dict[str, Any]) -> Dict[str, Any]:
-        """Build a program in the request's scope; ``ProgramExists`` if the id is taken."""
+        """Build a program in the request's scope; ``ProgramExists`` if the id is taken.
+
+        ``replace: true`` overwrites a cached copy instead: the Rust host keeps the program
+        registry and has already checked for duplicates, so a copy left in this worker's
+        cache by a deleted program of the same id is stale, not a conflict.
+        """
         scope = scope_of(args)
         spec = parse_program(args.get("definition"), _program_id(args, required=False))
-        if self._store.get(scope, spec.program_id) is not None:
+        if self._store.get(scope, spec.program_id) is not None and not args.get("replace"):
             where = "the anonymous scope" if scope is None else f"session {scope!r}"
             raise ProgramExists(f"program {spec.program_id!r} already exists in {where}; delete it first")
         program = self._build(spec, args["definition"])

@@ -275,3 +275,16 @@ def test_a_fresh_worker_rebuilds_from_the_definition_with_identical_outputs(work
         {"session_id": "portable", "program_id": "portable", "inputs": {"question": "How many legs does an ant have?"}},
     )
     assert other["outputs"] != first["outputs"]
+
+
+def test_replace_overwrites_a_cached_copy_of_the_same_id(worker: BridgeProcess) -> None:
+    # The Rust host owns the registry; a copy left behind in this worker's cache by a
+    # deleted program must not block re-creating the id there.
+    assert create(worker, definition("again", QA_OUTPUTS), session="rep")["success"]
+    other = definition("again", [field("answer")])
+    response = worker.request(
+        "create_program", {"session_id": "rep", "program_id": "again", "definition": other, "replace": True}
+    )
+    assert response["success"], response
+    info = worker.call("get_program_info", {"session_id": "rep", "program_id": "again"})
+    assert [f["name"] for f in info["outputs"]] == ["answer"]

@@ -441,3 +441,125 @@ impl Adapter for BridgeMock {
         self.core.shutdown().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(id: &str, signature: &str) -> Value {
+        ProgramDef::new(id, ModuleKind::Predict, signature.parse().unwrap()).to_wire()
+    }
+
+    fn call(bridge: &FakeBridge, worker: &str, command: &str, args: Value) -> FakeAction {
+        bridge.handle(worker, &Request::new(1, command, args))
+    }
+
+    fn reply(action: FakeAction) -> Value {
+        match action {
+            FakeAction::Reply(result) => result,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn failure_type(action: FakeAction) -> String {
+        match action {
+            FakeAction::Fail { error_type, .. } => error_type,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_worker_that_never_saw_a_program_builds_it_from_the_definition() {
+        let bridge = FakeBridge::new();
+        let args =
+            json!({"session_id": "s", "definition": def("p", "q -> a"), "inputs": {"q": "x"}});
+        let out = reply(call(&bridge, "w2", "execute_program", args));
+        assert_eq!(out["program_id"], "p");
+        assert!(out["outputs"]["a"].as_str().unwrap().starts_with("mock a "));
+        assert_eq!(bridge.cached_programs("w2"), 1);
+        assert_eq!(bridge.cached_programs("w1"), 0);
+        let info = reply(call(
+            &bridge,
+            "w2",
+            "get_program_info",
+            json!({"session_id": "s", "program_id": "p"}),
+        ));
+        assert_eq!(info["executions"], 1);
+    }
+
+    #[test]
+    fn a_changed_definition_replaces_the_cached_program() {
+        let bridge = FakeBridge::new();
+        let create =
+            json!({"session_id": "s", "program_id": "p", "definition": def("p", "q -> a")});
+        reply(call(&bridge, "w", "create_program", create));
+        let newer =
+            json!({"session_id": "s", "definition": def("p", "q -> b: int"), "inputs": {"q": "x"}});
+        let out = reply(call(&bridge, "w", "execute_program", newer));
+        assert!(
+            out["outputs"]["b"].is_u64() && out["outputs"].get("a").is_none(),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn errors_use_the_bridge_exception_names() {
+        let bridge = FakeBridge::new();
+        let create = json!({"program_id": "p", "definition": def("p", "q -> a")});
+        reply(call(&bridge, "w", "create_program", create.clone()));
+        assert_eq!(
+            failure_type(call(&bridge, "w", "create_program", create)),
+            "ProgramExists"
+        );
+        let run = json!({"program_id": "ghost", "inputs": {}});
+        assert_eq!(
+            failure_type(call(&bridge, "w", "execute_program", run)),
+            "ProgramNotFound"
+        );
+        let bad = json!({"definition": {"program_id": "p"}});
+        assert_eq!(
+            failure_type(call(&bridge, "w", "create_program", bad)),
+            "ValueError"
+        );
+        assert_eq!(
+            failure_type(call(&bridge, "w", "nope", json!({}))),
+            "UnknownCommand"
+        );
+        let stats = reply(call(&bridge, "w", "get_stats", json!({})));
+        assert_eq!(
+            (stats["requests"].as_u64(), stats["errors"].as_u64()),
+            (Some(6), Some(3))
+        );
+    }
+
+    #[test]
+    fn scopes_are_separate_and_cleanup_drops_only_that_session() {
+        let bridge = FakeBridge::new();
+        for scope in [json!("a"), json!("b"), Value::Null] {
+            let create = json!({"session_id": scope, "definition": def("p", "q -> a")});
+            reply(call(&bridge, "w", "create_program", create));
+        }
+        let list = |scope: Value| {
+            reply(call(
+                &bridge,
+                "w",
+                "list_programs",
+                json!({"session_id": scope}),
+            ))
+        };
+        assert_eq!(list(json!("a"))["programs"], json!(["p"]));
+        let dropped = reply(call(
+            &bridge,
+            "w",
+            "cleanup_session",
+            json!({"session_id": "a"}),
+        ));
+        assert_eq!(dropped["programs_removed"], 1);
+        assert_eq!(list(json!("a"))["programs"], json!([]));
+        assert_eq!(list(json!("b"))["programs"], json!(["p"]));
+        assert_eq!(list(Value::Null)["programs"], json!(["p"]));
+        let reset = reply(call(&bridge, "w", "reset_state", json!({})));
+        assert_eq!(reset["programs_removed"], 2);
+        assert_eq!(bridge.cached_programs("w"), 0);
+    }
+}

@@ -150,7 +150,11 @@ async fn run_python_checks(config: &Config, report: &mut Report) {
         }
     };
     let venv = match &env.venv {
-        Some(dir) => format!("{} (bridge in {})", dir.display(), env.bridge_path.display()),
+        Some(dir) => format!(
+            "{} (bridge in {})",
+            dir.display(),
+            env.bridge_path.display()
+        ),
         None => format!(
             "none; {} is used as is (bridge in {})",
             env.python.display(),
@@ -201,10 +205,9 @@ async fn check_interpreter(config: &Config) -> Verdict {
         );
     }
     match probe_version(&python).await {
-        Ok((version, (major, minor))) if (major, minor) >= (3, 9) => Verdict::Ok(format!(
-            "{} is Python {version} ({role})",
-            python.display()
-        )),
+        Ok((version, (major, minor))) if (major, minor) >= (3, 9) => {
+            Verdict::Ok(format!("{} is Python {version} ({role})", python.display()))
+        }
         Ok((version, _)) => fail(
             format!(
                 "`{}` is Python {version}; dspex needs 3.9 or newer",
@@ -219,10 +222,7 @@ async fn check_interpreter(config: &Config) -> Verdict {
 /// `python`'s version, as text and as (major, minor).
 async fn probe_version(python: &Path) -> Result<(String, (u32, u32)), String> {
     let output = tokio::process::Command::new(python)
-        .args([
-            "-c",
-            "import sys; print('%d.%d.%d' % sys.version_info[:3])",
-        ])
+        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
         .kill_on_drop(true)
         .output()
         .await
@@ -278,7 +278,8 @@ async fn check_worker(config: &Config, env: PythonEnv, dspy_ok: bool, report: &m
             "worker",
             Verdict::Ok(format!(
                 "worker answered the handshake (pid {}, Python {})",
-                pong["pid"], pong["python_version"].as_str().unwrap_or("?")
+                pong["pid"],
+                pong["python_version"].as_str().unwrap_or("?")
             )),
         ),
         Err(e) => report.record(
@@ -290,7 +291,10 @@ async fn check_worker(config: &Config, env: PythonEnv, dspy_ok: bool, report: &m
         ),
     };
     if dspy_ok {
-        report.record("program", check_program(&system, config.lm.is_dummy()).await);
+        report.record(
+            "program",
+            check_program(&system, config.lm.is_dummy()).await,
+        );
     } else {
         report.skip(&["program"], "needs dspy");
     }

@@ -56,7 +56,8 @@ index counts rows from 0. A line that is not a JSON object fails as kind \"input
 with a missing or mistyped input as \"validation\" (checked before anything is sent).
 
 Exit status: 0 every row ok, 1 some rows failed, 2 bad flags/config/signature/input or
-Python could not be set up (nothing is written then), 130 on SIGINT, 143 on SIGTERM.
+Python could not be set up (nothing is written then), 130 on SIGINT, 143 on SIGTERM,
+141 when the reader of standard output goes away (e.g. `| head`).
 On SIGINT/SIGTERM no more rows are read, rows in flight get shutdown.graceful_timeout to
 finish (a second signal stops waiting), and the output is a valid prefix of the input.
 A summary line goes to stderr at the end; DSPEX_REPORT_CPU=1 adds dspex's own CPU time.";
@@ -255,16 +256,16 @@ pub async fn run(args: RunArgs) -> Result<Outcome, CliError> {
     let plan = plan(args)?;
     let mut signals = Signals::install()?;
     let config = plan.config.clone();
-    let started = tokio::select! {
-        started = start(&plan) => started?,
+    let begun = std::time::Instant::now();
+    let session = tokio::select! {
+        session = start(&plan) => session?,
         signal = signals.recv() => {
             eprintln!("dspex: stopped by {} while starting", signal.name());
             return Ok(Outcome::Interrupted(signal));
         }
     };
-    let session = started;
     let system = session.system().clone();
-    let result = stream(plan, &session, &mut signals).await;
+    let result = stream(plan, &session, &mut signals, begun.elapsed()).await;
     let graceful = match result {
         // After a signal the in-flight rows already had their grace period.
         Ok((Outcome::Interrupted(_), _)) => Duration::ZERO,
@@ -384,6 +385,7 @@ async fn stream(
     plan: Plan,
     session: &Session,
     signals: &mut Signals,
+    startup: Duration,
 ) -> Result<(Outcome, RunProgress), CliError> {
     let Plan {
         signature,
@@ -397,7 +399,7 @@ async fn stream(
         out: BufWriter::with_capacity(64 * 1024, create_output(&output)?),
         path: output,
         reorder: Reorder::default(),
-        progress: RunProgress::new(terminal, input.len),
+        progress: RunProgress::new(terminal, input.len, startup),
     };
     let mut lines = Lines::new(input.reader);
     // Two requests per worker keep every worker busy while the next is on its way.

@@ -207,6 +207,22 @@ impl<J> Scheduler<J> {
         self.queue.remove(pos)
     }
 
+    /// Remove every queued request whose deadline is at or before `now`.
+    pub fn expire_due(&mut self, now: Instant) -> Vec<Queued<J>> {
+        if !self.queue.iter().any(|q| q.deadline <= now) {
+            return Vec::new();
+        }
+        let (due, keep): (VecDeque<_>, VecDeque<_>) =
+            self.queue.drain(..).partition(|q| q.deadline <= now);
+        self.queue = keep;
+        due.into_iter().collect()
+    }
+
+    /// The earliest deadline among queued requests.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queue.iter().map(|q| q.deadline).min()
+    }
+
     /// Every queued request, oldest first (shutdown, or handing state to a successor).
     pub fn drain_queue(&mut self) -> Vec<Queued<J>> {
         self.queue.drain(..).collect()
@@ -354,6 +370,27 @@ mod tests {
         assert_eq!(s.expire(seq).map(|q| q.job), Some("c"));
         assert!(s.expire(seq).is_none());
         assert_eq!(s.queue_len(), 0);
+    }
+
+    #[test]
+    fn expire_due_removes_exactly_the_overdue_requests_keeping_order() {
+        let mut s = Scheduler::new(Affinity::Hint, 10);
+        s.add_worker("w1", false);
+        s.add_worker("w2", false);
+        run_on(s.submit(None, "a", later()));
+        run_on(s.submit(None, "b", later()));
+        let now = Instant::now();
+        s.submit(None, "late", now + Duration::from_secs(60));
+        s.submit(None, "due", now);
+        s.submit(None, "later", now + Duration::from_secs(90));
+        let due: Vec<_> = s.expire_due(now).into_iter().map(|q| q.job).collect();
+        assert_eq!(due, vec!["due"]);
+        assert_eq!(s.next_deadline(), Some(now + Duration::from_secs(60)));
+        s.worker_idle("w1");
+        s.worker_idle("w2");
+        let ran: Vec<_> = s.dispatch().into_iter().map(|(_, q)| q.job).collect();
+        assert_eq!(ran, vec!["late", "later"]);
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]

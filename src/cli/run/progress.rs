@@ -15,6 +15,8 @@ pub const LINE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Counts rows and shows how far the run is.
 pub struct RunProgress {
+    /// How long Python and the workers took before the first row could run.
+    startup: Duration,
     started: Instant,
     ok: u64,
     failed: u64,
@@ -22,8 +24,9 @@ pub struct RunProgress {
 }
 
 impl RunProgress {
-    /// `input_bytes`: the input's size when it is a regular file.
-    pub fn new(terminal: bool, input_bytes: Option<u64>) -> Self {
+    /// `input_bytes`: the input's size when it is a regular file; `startup`: the time
+    /// spent before rows could run, reported apart so rows/s measures the rows alone.
+    pub fn new(terminal: bool, input_bytes: Option<u64>, startup: Duration) -> Self {
         let bar = terminal.then(|| {
             let bar = match input_bytes {
                 Some(len) => ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()),
@@ -40,6 +43,7 @@ impl RunProgress {
             bar
         });
         RunProgress {
+            startup,
             started: Instant::now(),
             ok: 0,
             failed: 0,
@@ -108,11 +112,12 @@ impl RunProgress {
         let elapsed = self.started.elapsed();
         let rows = self.ok + self.failed;
         let mut line = format!(
-            "dspex: {} rows ok, {} failed in {:.2}s ({:.1} rows/s)",
+            "dspex: {} rows ok, {} failed in {:.2}s ({:.1} rows/s; start-up {:.2}s before that)",
             self.ok,
             self.failed,
             elapsed.as_secs_f64(),
-            rate(rows, elapsed)
+            rate(rows, elapsed),
+            self.startup.as_secs_f64()
         );
         if let Some(signal) = stopped_by {
             line.push_str(&format!(
@@ -166,7 +171,7 @@ mod tests {
 
     #[test]
     fn counts_ok_and_failed_rows() {
-        let mut p = RunProgress::new(false, None);
+        let mut p = RunProgress::new(false, None, Duration::ZERO);
         p.row_written(true, Some(10));
         p.row_written(false, None);
         p.row_written(true, Some(30));

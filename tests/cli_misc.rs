@@ -1,0 +1,257 @@
+//! `dspex call`, `setup`, `doctor`, `status` and `--help` through the real binary and
+//! real Python workers (the shared managed venv).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::cargo_bin;
+use predicates::prelude::*;
+use serde_json::{json, Value};
+
+/// `dspex` run in `dir`, inheriting no config file and no config variables.
+fn dspex(dir: &Path) -> assert_cmd::Command {
+    let mut cmd = Command::new(cargo_bin("dspex"));
+    cmd.current_dir(dir).env_remove("DSPEX_CONFIG");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("DSPEX_") && name.contains("__") {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    assert_cmd::Command::from_std(cmd)
+}
+
+fn stdout_json(output: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A config file with one worker and a user handler module next to it.
+fn handler_config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("handlers")).unwrap();
+    std::fs::write(
+        dir.join("handlers/cli_test_handlers.py"),
+        r#"
+from dspex_bridge import command
+
+
+@command
+def word_count(args):
+    return {"words": len(args["text"].split())}
+
+
+@command("fail_on_purpose")
+def fail(args):
+    raise ValueError("the handler refused " + repr(args.get("why")))
+"#,
+    )
+    .unwrap();
+    let config = dir.join("handlers.toml");
+    std::fs::write(
+        &config,
+        "[pool]\nsize = 1\nstartup_concurrency = 1\n\
+         [python]\npath = [\"handlers\"]\nhandlers = [\"cli_test_handlers\"]\n",
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn call_runs_a_built_in_command_and_prints_its_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dspex(dir.path())
+        .args(["call", "echo", "--args", r#"{"hello": ["world", 1]}"#])
+        .env("DSPEX_POOL__SIZE", "1")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    assert_eq!(stdout_json(&out), json!({"echo": {"hello": ["world", 1]}}));
+}
+
+#[test]
+fn call_runs_a_user_command_from_python_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = handler_config(dir.path());
+    let out = dspex(dir.path())
+        .args([
+            "call",
+            "word_count",
+            "--args",
+            r#"{"text": "one two three"}"#,
+            "--config",
+        ])
+        .arg(&config)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    assert_eq!(stdout_json(&out), json!({"words": 3}));
+}
+
+#[test]
+fn call_reports_a_python_error_with_its_type_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = handler_config(dir.path());
+    dspex(dir.path())
+        .args([
+            "call",
+            "fail_on_purpose",
+            "--args",
+            r#"{"why": "test"}"#,
+            "--config",
+        ])
+        .arg(&config)
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "python error ValueError: the handler refused 'test'",
+        ));
+}
+
+#[test]
+fn call_with_args_that_are_not_an_object_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    dspex(dir.path())
+        .args(["call", "echo", "--args", "[1, 2]"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--args must be a JSON object"));
+}
+
+#[test]
+fn doctor_passes_every_check_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dspex(dir.path())
+        .arg("doctor")
+        .env("DSPEX_POOL__SIZE", "1")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            assert!(line.starts_with("ok "), "not ok: {line}");
+            line.split_whitespace().nth(1).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["config", "python", "venv", "dspy", "worker", "program", "lm"]
+    );
+}
+
+#[test]
+fn doctor_fails_with_a_fix_when_the_interpreter_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        "[python]\nexecutable = \"/nonexistent/bin/python3\"\n",
+    )
+    .unwrap();
+    let out = dspex(dir.path())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let python = text
+        .lines()
+        .find(|line| line.starts_with("FAIL  python"))
+        .unwrap_or_else(|| panic!("no failed python check in:\n{text}"));
+    assert!(python.contains("/nonexistent/bin/python3"), "{python}");
+    assert!(python.contains("does not exist"), "{python}");
+    assert!(python.contains("fix: set python.executable"), "{python}");
+    assert!(
+        text.lines().any(|l| l.starts_with("skip  worker")),
+        "checks that need Python are skipped:\n{text}"
+    );
+}
+
+#[test]
+fn status_json_reports_pool_size_ready_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dspex(dir.path())
+        .args(["status", "--json"])
+        .env("DSPEX_POOL__SIZE", "2")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let status = stdout_json(&out);
+    assert_eq!(status["health"], "healthy", "{status}");
+    assert_eq!(status["pool"]["size"], 2);
+    assert_eq!(status["pool"]["ready"], 2);
+    let workers = status["pool"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for worker in workers {
+        assert_eq!(worker["health"], "ready", "{worker}");
+        assert!(worker["pid"].as_u64().unwrap() > 0, "{worker}");
+        assert!(worker["rss_bytes"].as_u64().unwrap() > 0, "{worker}");
+    }
+}
+
+#[test]
+fn status_prints_a_table_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    dspex(dir.path())
+        .arg("status")
+        .env("DSPEX_POOL__SIZE", "1")
+        .assert()
+        .code(0)
+        .stdout(
+            predicate::str::contains(": healthy")
+                .and(predicate::str::contains("1 of 1 workers ready"))
+                .and(predicate::str::is_match(r"\.w1 +\d+ +ready +no ").unwrap())
+                .and(predicate::str::contains("sessions: 0 active")),
+        );
+}
+
+#[test]
+fn setup_is_idempotent_and_prints_where_the_venv_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dspex(dir.path())
+        .arg("setup")
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let second = dspex(dir.path())
+        .arg("setup")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("verified; dspy"))
+        .get_output()
+        .clone();
+    assert_eq!(
+        first.stdout, second.stdout,
+        "the same environment both times"
+    );
+    let text = String::from_utf8_lossy(&second.stdout);
+    let venv = text
+        .lines()
+        .find_map(|l| l.strip_prefix("venv: "))
+        .unwrap_or_else(|| panic!("no venv line in {text}"));
+    assert!(Path::new(venv).join("pyvenv.cfg").is_file(), "{venv}");
+}
+
+#[test]
+fn every_subcommand_help_shows_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["run", "call", "setup", "doctor", "status"] {
+        dspex(dir.path())
+            .args([sub, "--help"])
+            .assert()
+            .code(0)
+            .stdout(
+                predicate::str::contains("Examples:")
+                    .and(predicate::str::contains(format!("dspex {sub}"))),
+            );
+    }
+}
