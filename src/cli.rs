@@ -184,8 +184,9 @@ pub fn init_logging() {
 
 /// Runs the parsed command line and says how the process should exit.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread is enough: the run loop is a single task and the workers are driven by
+    // the actor system's own thread; fewer threads mean fewer cross-thread wake-ups per row.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

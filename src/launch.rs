@@ -40,8 +40,10 @@ fn join_paths(paths: &[PathBuf]) -> Result<String> {
     Ok(joined.to_string_lossy().into_owned())
 }
 
-/// The worker command line and environment.
-pub fn launch_spec(config: &Config, env: &PythonEnv) -> Result<LaunchSpec> {
+/// The worker command line and environment. `preload_dspy` makes each worker import DSPy
+/// before it answers its handshake, so all workers import in parallel at start-up instead
+/// of on their first request.
+pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Result<LaunchSpec> {
     let python = &config.python;
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut inherit: Vec<&str> = python.inherit_env.iter().map(String::as_str).collect();
@@ -69,6 +71,9 @@ pub fn launch_spec(config: &Config, env: &PythonEnv) -> Result<LaunchSpec> {
         "DSPEX_MAX_FRAME_BYTES".into(),
         python.max_frame_bytes.to_string(),
     ));
+    if preload_dspy && python.script.is_none() {
+        vars.push(("DSPEX_PRELOAD_DSPY".into(), "1".into()));
+    }
     vars.push(("DSPEX_LM_MODEL".into(), config.lm.model.clone()));
     if let Some(key) = &config.lm.api_key_env {
         vars.push(("DSPEX_LM_API_KEY_ENV".into(), key.clone()));

@@ -246,7 +246,7 @@ fn python_launcher(
             })?
         }
     };
-    let spec = crate::launch::launch_spec(config, &env)?;
+    let spec = crate::launch::launch_spec(config, &env, require_dspy)?;
     Ok(Arc::new(ProcessLauncher::new(spec)))
 }
 

@@ -199,6 +199,11 @@ class DspyCommands:
             self._default = LMConfig.from_env(self._env)
         return self._default
 
+    def preload(self) -> None:
+        """Import DSPy now rather than on the first DSPy command (``DSPEX_PRELOAD_DSPY=1``):
+        the host then starts its workers' imports in parallel, before any request waits."""
+        self._load_dspy()
+
     def _load_dspy(self) -> Any:
         """Import and prepare DSPy once: no disk cache, the dummy's recorder installed."""
         if self._dspy is not None:

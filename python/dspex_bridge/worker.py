@@ -265,6 +265,10 @@ class Worker:
             raise ImportError(
                 f"handler module(s) failed to import: {details} (check python.handlers and python.path)"
             ) from self._handler_failures[0][1]
+        if args.get("initialization") and os.environ.get("DSPEX_PRELOAD_DSPY") == "1":
+            # A DSPy worker is ready only once DSPy is: an import failure fails start-up
+            # with its cause instead of failing the first row.
+            self._dspy.preload()
         return {
             "status": "ok",
             "worker_id": self.worker_id,

@@ -27,6 +27,7 @@ use dspex::config::Config;
 use dspex::signature::Signature;
 use dspex::{ModuleKind, Session};
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
@@ -428,9 +429,14 @@ async fn stream(
                 stopped_by = Some(signal);
                 break;
             }
-            Some((index, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let (id, end_offset) = outstanding.remove(&index).unwrap_or_default();
-                sink.finish(index, &id, end_offset, result.map_err(|e| RowError::from(&e)));
+            Some(first) = in_flight.next(), if !in_flight.is_empty() => {
+                // Take every row that is already done too, so one flush covers them all.
+                let mut done = Some(first);
+                while let Some((index, result)) = done {
+                    let (id, end_offset) = outstanding.remove(&index).unwrap_or_default();
+                    sink.finish(index, &id, end_offset, result.map_err(|e| RowError::from(&e)));
+                    done = in_flight.next().now_or_never().flatten();
+                }
                 sink.write_ready()?;
             }
             read = lines.next_line(), if can_read => match read {

@@ -137,7 +137,8 @@ pub async fn wait_for_line(
     found.expect("the log streams ended before the expected line")
 }
 
-/// A handle on a process that is not our child, to learn when it exits.
+/// A handle on a process that is not our child, to learn when it exits. Dropping it
+/// kills the process if it is still alive.
 pub struct PidWatch {
     pidfd: OwnedFd,
     pub pid: i32,
@@ -181,6 +182,24 @@ impl PidWatch {
             // SIGCHLD (tokio's reaper) may interrupt the wait; just wait again.
             assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "poll: {err}");
         }
+    }
+}
+
+/// A failing test must not leave its processes behind: SIGKILL whatever is still alive.
+/// Going through the pidfd means a reused pid is never hit.
+impl Drop for PidWatch {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 }
 
