@@ -17,6 +17,6 @@ pub use config::Config;
 pub use dspex_actors::supervisor::{SystemHealth, SystemStatus};
 pub use dspex_actors::worker::Health;
 pub use error::{Error, Result};
-pub use program::{ModuleKind, ProgramDef, ProgramInfo, Session};
+pub use program::{ModuleKind, Program, ProgramDef, ProgramInfo, Session};
 pub use signature::Signature;
 pub use system::{Call, System};

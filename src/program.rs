@@ -330,30 +330,28 @@ impl Session {
         inputs: Map<String, Value>,
         lm: Option<Value>,
     ) -> Result<Map<String, Value>> {
-        let def = self.definition(program_id).await?;
-        def.signature.validate_inputs(&inputs)?;
-        let mut args = json!({
-            "program_id": program_id,
-            "definition": def.to_wire(),
-            "inputs": Value::Object(inputs),
-        });
-        if let Some(lm) = lm {
-            args["lm"] = lm;
-        }
-        let result = self
-            .system
-            .execute(Call::new("execute_program", args).session(self.id.clone()))
+        self.program(program_id)
+            .await?
+            .execute_with(inputs, lm)
             .await
-            .map_err(|e| map_program_error(e, program_id, &self.id))?;
-        let outputs = result.get("outputs").cloned().unwrap_or(Value::Null);
-        let mut decoded = def.signature.decode_outputs(&outputs)?;
-        // ChainOfThought's own `reasoning` step is part of what users want to see.
-        if def.module == ModuleKind::ChainOfThought && !decoded.contains_key("reasoning") {
-            if let Some(reasoning) = outputs.get("reasoning").filter(|r| r.is_string()) {
-                decoded.insert("reasoning".into(), reasoning.clone());
-            }
-        }
-        Ok(decoded)
+    }
+
+    /// A handle to a program as it is defined now, for running it many times without
+    /// reading its definition from the registry on every call (what `dspex run` does per
+    /// row). Like a prepared statement, the handle keeps the definition it was made with:
+    /// it still runs if the program is deleted or replaced afterwards.
+    ///
+    /// # Errors
+    ///
+    /// `program_not_found`, `session_not_found`.
+    pub async fn program(&self, program_id: &str) -> Result<Program> {
+        let def = self.definition(program_id).await?;
+        let wire = def.to_wire();
+        Ok(Program {
+            session: self.clone(),
+            def,
+            wire,
+        })
     }
 
     /// Program ids in this session, sorted.
@@ -421,4 +419,55 @@ fn programs_mut(state: &mut Value) -> &mut Map<String, Value> {
         *programs = json!({});
     }
     programs.as_object_mut().expect("made an object above")
+}
+
+/// A program of a session, ready to run: see [`Session::program`].
+#[derive(Clone, Debug)]
+pub struct Program {
+    session: Session,
+    def: ProgramDef,
+    wire: Value,
+}
+
+impl Program {
+    pub fn definition(&self) -> &ProgramDef {
+        &self.def
+    }
+
+    /// Run the program on `inputs`; see [`Session::execute`].
+    pub async fn execute(&self, inputs: Map<String, Value>) -> Result<Map<String, Value>> {
+        self.execute_with(inputs, None).await
+    }
+
+    /// Run it with an LM configuration for this call only.
+    pub async fn execute_with(
+        &self,
+        inputs: Map<String, Value>,
+        lm: Option<Value>,
+    ) -> Result<Map<String, Value>> {
+        let (def, session) = (&self.def, &self.session);
+        def.signature.validate_inputs(&inputs)?;
+        let mut args = json!({
+            "program_id": def.id,
+            "definition": self.wire,
+            "inputs": Value::Object(inputs),
+        });
+        if let Some(lm) = lm {
+            args["lm"] = lm;
+        }
+        let result = session
+            .system
+            .execute(Call::new("execute_program", args).session(session.id.clone()))
+            .await
+            .map_err(|e| map_program_error(e, &def.id, &session.id))?;
+        let outputs = result.get("outputs").cloned().unwrap_or(Value::Null);
+        let mut decoded = def.signature.decode_outputs(&outputs)?;
+        // ChainOfThought's own `reasoning` step is part of what users want to see.
+        if def.module == ModuleKind::ChainOfThought && !decoded.contains_key("reasoning") {
+            if let Some(reasoning) = outputs.get("reasoning").filter(|r| r.is_string()) {
+                decoded.insert("reasoning".into(), reasoning.clone());
+            }
+        }
+        Ok(decoded)
+    }
 }

@@ -248,10 +248,9 @@ impl Supervisor {
         self.restarts.len() as u32 <= self.config.supervisor.max_restarts
     }
 
-    fn fail(&mut self, why: String, ctx: &mut Context<Self>) {
+    fn fail(&mut self, why: String) {
         log::error!("system {}: {why}; giving up", self.name);
-        self.state = State::Failed(why.clone());
-        let error = ActorError::SystemFailed(why);
+        self.state = State::Failed(why);
         if let Some(pool) = self.pool.take() {
             let (done, _) = oneshot::channel();
             pool.do_send(ShutdownPool {
@@ -266,7 +265,6 @@ impl Supervisor {
         // with a closed channel, which the handle reports as this failure.
         self.pool_backlog.clear();
         self.registry_backlog.clear();
-        let _ = (error, ctx);
     }
 }
 
@@ -296,13 +294,10 @@ impl Handler<PoolStopped> for Supervisor {
             return;
         }
         if self.state == State::Running {
-            self.fail(
-                format!(
-                    "PoolManager stopped more than {} times within {:?} (supervisor.max_restarts)",
-                    self.config.supervisor.max_restarts, self.config.supervisor.max_window
-                ),
-                ctx,
-            );
+            self.fail(format!(
+                "PoolManager stopped more than {} times within {:?} (supervisor.max_restarts)",
+                self.config.supervisor.max_restarts, self.config.supervisor.max_window
+            ));
         }
         // Nobody takes the workers over: stop them so no process outlives the pool.
         handover.abandon(
@@ -329,13 +324,10 @@ impl Handler<RegistryStopped> for Supervisor {
             );
             self.start_registry(msg.table, ctx);
         } else {
-            self.fail(
-                format!(
-                    "SessionRegistry stopped more than {} times within {:?} (supervisor.max_restarts)",
-                    self.config.supervisor.max_restarts, self.config.supervisor.max_window
-                ),
-                ctx,
-            );
+            self.fail(format!(
+                "SessionRegistry stopped more than {} times within {:?} (supervisor.max_restarts)",
+                self.config.supervisor.max_restarts, self.config.supervisor.max_window
+            ));
         }
     }
 }

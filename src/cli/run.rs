@@ -395,6 +395,8 @@ async fn stream(
         output,
         ..
     } = plan;
+    // Read the definition once; every row then carries it without a registry round trip.
+    let program = session.program(PROGRAM).await?;
     let terminal = super::stderr_is_terminal();
     let mut sink = Sink {
         out: BufWriter::with_capacity(64 * 1024, create_output(&output)?),
@@ -446,9 +448,9 @@ async fn stream(
                     match rows::parse(&line.bytes, line.number, &signature) {
                         Ok(row) => {
                             outstanding.insert(index, (row.id, line.end_offset));
-                            let session = session.clone();
+                            let program = program.clone();
                             in_flight.push(Box::pin(async move {
-                                (index, session.execute(PROGRAM, row.inputs).await)
+                                (index, program.execute(row.inputs).await)
                             }));
                         }
                         Err(rejected) => {
