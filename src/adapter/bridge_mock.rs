@@ -10,18 +10,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_trait::async_trait;
 use dspex_actors::protocol::Request;
 use dspex_actors::testing::{default_action, FakeAction, InMemoryLauncher};
 use serde_json::{json, Map, Value};
 
 use super::fake_outputs::{fake_outputs, fake_text};
-use super::system_backed::SystemBacked;
-use super::{Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer};
+use super::system_backed::{system_backed_adapter, SystemBacked};
+use super::{AdapterKind, Capabilities, TestLayer};
 use crate::config::Config;
 use crate::error::Result;
-use crate::program::{ModuleKind, ProgramDef, ProgramInfo};
-use crate::signature::Signature;
+use crate::program::{ModuleKind, ProgramDef};
 use crate::system::System;
 
 /// The DSPy half of a fake worker. Clones share the caches.
@@ -366,18 +364,10 @@ impl BridgeMock {
     }
 }
 
-#[async_trait]
-impl Adapter for BridgeMock {
-    fn kind(&self) -> AdapterKind {
-        AdapterKind::BridgeMock
-    }
-
-    fn supported_layers(&self) -> &'static [TestLayer] {
-        &[TestLayer::Layer2]
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
+system_backed_adapter!(
+    BridgeMock,
+    layers: &[TestLayer::Layer2],
+    capabilities: Capabilities {
             real_dspy: false,
             processes: false,
             actors: true,
@@ -385,62 +375,8 @@ impl Adapter for BridgeMock {
             lm_calls: false,
             error_injection: false,
             fake_outputs: true,
-        }
-    }
-
-    async fn create_program(
-        &self,
-        session: Option<&str>,
-        program_id: &str,
-        signature: &Signature,
-        module: ModuleKind,
-    ) -> Result<ProgramInfo> {
-        self.core
-            .create_program(session, program_id, signature, module)
-            .await
-    }
-
-    async fn execute_program(
-        &self,
-        session: Option<&str>,
-        program_id: &str,
-        inputs: Map<String, Value>,
-    ) -> Result<Map<String, Value>> {
-        self.core.execute_program(session, program_id, inputs).await
-    }
-
-    async fn list_programs(&self, session: Option<&str>) -> Result<Vec<String>> {
-        self.core.list_programs(session).await
-    }
-
-    async fn delete_program(&self, session: Option<&str>, program_id: &str) -> Result<()> {
-        self.core.delete_program(session, program_id).await
-    }
-
-    async fn get_program_info(
-        &self,
-        session: Option<&str>,
-        program_id: &str,
-    ) -> Result<ProgramInfo> {
-        self.core.get_program_info(session, program_id).await
-    }
-
-    async fn configure_lm(&self, lm: LmSettings) -> Result<()> {
-        self.core.configure_lm(lm)
-    }
-
-    async fn health_check(&self) -> Result<AdapterHealth> {
-        self.core.health_check().await
-    }
-
-    async fn stats(&self) -> Result<Value> {
-        self.core.stats().await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        self.core.shutdown().await
-    }
-}
+        },
+);
 
 #[cfg(test)]
 mod tests {

@@ -4,15 +4,10 @@
 //! [`System`]; the kind only records which case a test is exercising. Neither needs a
 //! globally named process: the adapter is bound to the system it is given or starts.
 
-use async_trait::async_trait;
-use serde_json::{Map, Value};
-
-use super::system_backed::SystemBacked;
-use super::{Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer};
+use super::system_backed::{system_backed_adapter, SystemBacked};
+use super::{AdapterKind, Capabilities, TestLayer};
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, Result};
-use crate::program::{ModuleKind, ProgramInfo};
-use crate::signature::Signature;
 use crate::system::System;
 
 /// A `PythonPort` or `PythonPool` adapter over a system of real Python workers.
@@ -106,18 +101,10 @@ pub(super) fn config_error(key: Option<&str>, message: String) -> Error {
     })
 }
 
-#[async_trait]
-impl Adapter for PythonAdapter {
-    fn kind(&self) -> AdapterKind {
-        self.core.kind()
-    }
-
-    fn supported_layers(&self) -> &'static [TestLayer] {
-        &[TestLayer::Layer3]
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
+system_backed_adapter!(
+    PythonAdapter,
+    layers: &[TestLayer::Layer3],
+    capabilities: Capabilities {
             real_dspy: true,
             processes: true,
             actors: true,
@@ -125,59 +112,5 @@ impl Adapter for PythonAdapter {
             lm_calls: true,
             error_injection: false,
             fake_outputs: false,
-        }
-    }
-
-    async fn create_program(
-        &self,
-        session: Option<&str>,
-        program_id: &str,
-        signature: &Signature,
-        module: ModuleKind,
-    ) -> Result<ProgramInfo> {
-        self.core
-            .create_program(session, program_id, signature, module)
-            .await
-    }
-
-    async fn execute_program(
-        &self,
-        session: Option<&str>,
-        program_id: &str,
-        inputs: Map<String, Value>,
-    ) -> Result<Map<String, Value>> {
-        self.core.execute_program(session, program_id, inputs).await
-    }
-
-    async fn list_programs(&self, session: Option<&str>) -> Result<Vec<String>> {
-        self.core.list_programs(session).await
-    }
-
-    async fn delete_program(&self, session: Option<&str>, program_id: &str) -> Result<()> {
-        self.core.delete_program(session, program_id).await
-    }
-
-    async fn get_program_info(
-        &self,
-        session: Option<&str>,
-        program_id: &str,
-    ) -> Result<ProgramInfo> {
-        self.core.get_program_info(session, program_id).await
-    }
-
-    async fn configure_lm(&self, lm: LmSettings) -> Result<()> {
-        self.core.configure_lm(lm)
-    }
-
-    async fn health_check(&self) -> Result<AdapterHealth> {
-        self.core.health_check().await
-    }
-
-    async fn stats(&self) -> Result<Value> {
-        self.core.stats().await
-    }
-
-    async fn shutdown(&self) -> Result<()> {
-        self.core.shutdown().await
-    }
-}
+        },
+);

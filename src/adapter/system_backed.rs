@@ -181,3 +181,88 @@ impl SystemBacked {
         Ok(())
     }
 }
+
+/// Implements [`Adapter`](super::Adapter) for a type whose `core: SystemBacked` field does
+/// all the work: the system-backed adapters differ only in their layers and capabilities.
+macro_rules! system_backed_adapter {
+    ($ty:ty, layers: $layers:expr, capabilities: $caps:expr $(,)?) => {
+        #[async_trait::async_trait]
+        impl $crate::adapter::Adapter for $ty {
+            fn kind(&self) -> $crate::adapter::AdapterKind {
+                self.core.kind()
+            }
+
+            fn supported_layers(&self) -> &'static [$crate::adapter::TestLayer] {
+                $layers
+            }
+
+            fn capabilities(&self) -> $crate::adapter::Capabilities {
+                $caps
+            }
+
+            async fn create_program(
+                &self,
+                session: Option<&str>,
+                program_id: &str,
+                signature: &$crate::signature::Signature,
+                module: $crate::program::ModuleKind,
+            ) -> $crate::error::Result<$crate::program::ProgramInfo> {
+                self.core
+                    .create_program(session, program_id, signature, module)
+                    .await
+            }
+
+            async fn execute_program(
+                &self,
+                session: Option<&str>,
+                program_id: &str,
+                inputs: serde_json::Map<String, serde_json::Value>,
+            ) -> $crate::error::Result<serde_json::Map<String, serde_json::Value>> {
+                self.core.execute_program(session, program_id, inputs).await
+            }
+
+            async fn list_programs(
+                &self,
+                session: Option<&str>,
+            ) -> $crate::error::Result<Vec<String>> {
+                self.core.list_programs(session).await
+            }
+
+            async fn delete_program(
+                &self,
+                session: Option<&str>,
+                program_id: &str,
+            ) -> $crate::error::Result<()> {
+                self.core.delete_program(session, program_id).await
+            }
+
+            async fn get_program_info(
+                &self,
+                session: Option<&str>,
+                program_id: &str,
+            ) -> $crate::error::Result<$crate::program::ProgramInfo> {
+                self.core.get_program_info(session, program_id).await
+            }
+
+            async fn configure_lm(
+                &self,
+                lm: $crate::adapter::LmSettings,
+            ) -> $crate::error::Result<()> {
+                self.core.configure_lm(lm)
+            }
+
+            async fn health_check(&self) -> $crate::error::Result<$crate::adapter::AdapterHealth> {
+                self.core.health_check().await
+            }
+
+            async fn stats(&self) -> $crate::error::Result<serde_json::Value> {
+                self.core.stats().await
+            }
+
+            async fn shutdown(&self) -> $crate::error::Result<()> {
+                self.core.shutdown().await
+            }
+        }
+    };
+}
+pub(crate) use system_backed_adapter;
