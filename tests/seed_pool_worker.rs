@@ -140,3 +140,25 @@ async fn consecutive_errors_degrade_a_worker_and_a_success_restores_it() {
     assert_eq!(pool.workers[0].health.as_str(), "ready");
     system.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test]
+async fn caller_errors_are_counted_but_never_degrade_or_replace_a_worker() {
+    let mut config = handlers_config(1);
+    config.pool.degrade_after = 2;
+    config.pool.remove_after = 3;
+    let system = start_generic_with(config).await;
+    let pid = worker_pids(&system).await[0];
+    for _ in 0..5 {
+        let err = system.call("no_such_command", json!({})).await.unwrap_err();
+        assert_eq!(err.kind(), "python");
+    }
+    let w = worker_of(&system, pid).await;
+    assert_eq!(w.stats.errors, 5);
+    assert_eq!(
+        w.health.as_str(),
+        "ready",
+        "an unknown command is the caller's mistake"
+    );
+    assert_eq!(worker_pids(&system).await, [pid], "not replaced");
+    system.shutdown(Duration::from_secs(5)).await.unwrap();
+}

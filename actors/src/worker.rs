@@ -28,6 +28,18 @@ use process::ChildProcess;
 pub use state::{Checkin, CheckinOutcome, Health, WorkerState, WorkerStats};
 use transport::{LogStream, LogTail};
 
+/// Python error types that say nothing about the worker's own health: the worker
+/// answered correctly, the cause is the LM provider or the caller. Counting them toward
+/// `pool.remove_after` would replace healthy workers over and over during, say, a run
+/// whose API key is wrong.
+pub const CALLER_ERROR_TYPES: &[&str] = &[
+    "LMError",
+    "ProgramNotFound",
+    "ProgramExists",
+    "UnknownCommand",
+    "InvalidRequest",
+];
+
 /// The reply channel of one request.
 pub type Reply = oneshot::Sender<Result<Value, ActorError>>;
 
@@ -378,10 +390,14 @@ impl Worker {
                     job.command,
                     sent.elapsed()
                 );
-                let how = if result.is_ok() {
-                    Checkin::Ok
-                } else {
-                    Checkin::Error
+                let how = match &result {
+                    Ok(_) => Checkin::Ok,
+                    Err(ActorError::Python { error_type, .. })
+                        if CALLER_ERROR_TYPES.contains(&error_type.as_str()) =>
+                    {
+                        Checkin::CallerError
+                    }
+                    Err(_) => Checkin::Error,
                 };
                 let latency = job.submitted.elapsed();
                 job.answer(result);

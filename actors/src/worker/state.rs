@@ -69,6 +69,10 @@ pub enum Checkin {
     Ok,
     /// The request failed; counts toward degradation.
     Error,
+    /// The request failed for a reason outside the worker (the LM provider is down, the
+    /// caller named an unknown program or command): counted as an error, but the worker
+    /// itself answered correctly, so its health is untouched.
+    CallerError,
     /// The session ended: drop the binding and tell Python to forget the session.
     SessionCleanup,
     /// The worker is being removed.
@@ -174,6 +178,12 @@ impl WorkerState {
                     }
                     CheckinOutcome::Keep
                 }
+            }
+            Checkin::CallerError => {
+                self.busy = false;
+                self.stats.requests += 1;
+                self.stats.errors += 1;
+                CheckinOutcome::Keep
             }
             Checkin::SessionCleanup => match self.session.take() {
                 Some(session) => {
@@ -313,6 +323,19 @@ mod tests {
         assert_eq!(last, CheckinOutcome::Remove);
         assert_eq!(w.health, Health::Unhealthy);
         assert_eq!(w.stats.errors, 8);
+    }
+
+    #[test]
+    fn caller_errors_are_counted_but_never_degrade_or_remove_a_worker() {
+        let mut w = ready();
+        for _ in 0..20 {
+            w.checkout(None);
+            assert_eq!(w.checkin(Checkin::CallerError), CheckinOutcome::Keep);
+        }
+        assert_eq!(w.stats.errors, 20);
+        assert_eq!(w.stats.requests, 20);
+        assert_eq!(w.health, Health::Ready);
+        assert_eq!(w.consecutive_errors(), 0);
     }
 
     #[test]
