@@ -359,6 +359,8 @@ impl Worker {
             }),
         };
         match call {
+            // Stopped before the handshake finished: the answer no longer matters.
+            Call::Init if self.phase != Phase::Starting => {}
             Call::Init => match result {
                 Ok(v) if v.get("status").and_then(Value::as_str) == Some("ok") => {
                     self.state.mark_ready();

@@ -471,3 +471,37 @@ async fn failed_health_ping_replaces_the_worker() {
         json!({"echo": 5})
     );
 }
+
+#[actix::test]
+async fn shutdown_while_workers_are_still_starting_stops_them_and_never_serves() {
+    // Handshakes take 300 ms; shut down before any answers.
+    let launcher = InMemoryLauncher::with_script(|worker_id, req| match req.command.as_str() {
+        "ping" => FakeAction::delay(Duration::from_millis(300), default_action(worker_id, req)),
+        _ => default_action(worker_id, req),
+    });
+    let sup = Supervisor::new("t".into(), config(2), Arc::new(launcher.clone())).start();
+    let (reply, rx) = oneshot::channel();
+    sup.do_send(Execute {
+        command: "echo".into(),
+        args: json!({}),
+        session_id: None,
+        timeout: None,
+        reply,
+    });
+    sup.send(Shutdown {
+        graceful: Duration::from_millis(100),
+    })
+    .await
+    .unwrap();
+    let err = rx.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), "shutting_down", "{err:?}");
+    let echoes = launcher
+        .requests()
+        .iter()
+        .filter(|(_, r)| r.command == "echo")
+        .count();
+    assert_eq!(
+        echoes, 0,
+        "no request reached a worker that was shutting down"
+    );
+}
