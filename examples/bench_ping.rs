@@ -11,7 +11,7 @@ use dspex::config::PythonExecutable;
 use dspex::python_env;
 use dspex::{Config, System};
 use dspex_actors::protocol::{FrameCodec, Request, Response};
-use dspex_actors::worker::process;
+use dspex_actors::{spawn_process, LaunchSpec};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -57,8 +57,8 @@ async fn bench_pool(pings: usize) -> Duration {
     elapsed
 }
 
-async fn bare_loop(spec: process::LaunchSpec, id: String, pings: usize) {
-    let conn = process::spawn(&spec, &id).unwrap();
+async fn bare_loop(spec: LaunchSpec, id: String, pings: usize) {
+    let conn = spawn_process(&spec, &id).unwrap();
     let mut tx = FramedWrite::new(conn.writer, FrameCodec::<Response, Request>::new(64 << 20));
     let mut rx = FramedRead::new(conn.reader, FrameCodec::<Response, Request>::new(64 << 20));
     let mut child = conn.process.unwrap();

@@ -17,11 +17,11 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use dspex_actors::config::{
+pub use dspex_actors::TransportKind;
+pub use dspex_actors::{
     ActorsConfig, Affinity, PoolConfig, SessionConfig, ShutdownConfig, SupervisorConfig,
     WorkerConfig,
 };
-pub use dspex_actors::worker::process::TransportKind;
 
 pub(crate) use raw::closest;
 use raw::{Origin, RawConfig};
@@ -190,11 +190,11 @@ impl Config {
     /// The part of the configuration the actor layer runs on.
     pub fn actors_config(&self) -> ActorsConfig {
         ActorsConfig {
-            name: self.system.name.clone(),
             pool: self.pool.clone(),
             session: self.session.clone(),
             supervisor: self.supervisor.clone(),
             shutdown: self.shutdown.clone(),
+            rate: Default::default(),
             worker: WorkerConfig {
                 max_frame_bytes: self.python.max_frame_bytes,
                 ..WorkerConfig::default()
@@ -276,6 +276,7 @@ mod tests {
             },
             pool: PoolConfig {
                 size: 2,
+                worker_concurrency: 8,
                 startup_concurrency: 2,
                 startup_timeout: Duration::from_secs(60),
                 checkout_timeout: Duration::from_secs(30),
@@ -362,10 +363,7 @@ mod tests {
 
     #[test]
     fn default_actors_config_matches_the_actor_layer_defaults() {
-        let expected = ActorsConfig {
-            name: "dspex".into(),
-            ..ActorsConfig::default()
-        };
+        let expected = ActorsConfig::default();
         assert_eq!(Config::default().actors_config(), expected);
     }
 
@@ -378,7 +376,6 @@ mod tests {
         )
         .unwrap();
         let actors = config.actors_config();
-        assert_eq!(actors.name, "x");
         assert_eq!(actors.pool.size, 5);
         assert_eq!(actors.session.ttl, Duration::from_secs(120));
         assert_eq!(actors.supervisor.max_restarts, 9);

@@ -1,7 +1,11 @@
 //! The one error type of the `dspex` library. Every variant has a stable kind string
 //! (DESIGN.md "Errors") that the CLI prints and tests match on.
 
-use dspex_actors::{ActorError, TimeoutStage};
+use std::time::Duration;
+
+use dspex_actors::protocol::WireError;
+use dspex_actors::{ActorError, Disposition, TimeoutStage};
+use serde_json::Value;
 
 /// Errors returned by dspex.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,9 @@ pub enum Error {
     /// The language model call failed (missing key, network, provider error).
     #[error("lm error: {0}")]
     Lm(String),
+    /// The LM provider kept refusing for rate ("429") after retries.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
     /// Unknown or ended session.
     #[error("session `{0}` not found: it was never opened, was ended, or expired (session.ttl)")]
     SessionNotFound(String),
@@ -76,6 +83,7 @@ impl Error {
             Error::Protocol(_) => "protocol",
             Error::Python { .. } => "python",
             Error::Lm(_) => "lm",
+            Error::RateLimited(_) => "rate_limited",
             Error::SessionNotFound(_) => "session_not_found",
             Error::ProgramNotFound { .. } => "program_not_found",
             Error::ShuttingDown => "shutting_down",
@@ -96,12 +104,19 @@ impl From<ActorError> for Error {
             }
             ActorError::WorkerCrashed { .. } => Error::WorkerCrashed(e.to_string()),
             ActorError::Protocol(m) => Error::Protocol(m),
+            ActorError::RequestTooLarge { .. } => {
+                Error::Validation(crate::signature::ValidationError {
+                    field: "request".into(),
+                    message: e.to_string(),
+                })
+            }
             ActorError::Python {
                 error_type,
                 message,
                 traceback,
             } => match error_type.as_str() {
                 "LMError" => Error::Lm(message),
+                "RateLimited" => Error::RateLimited(message),
                 _ => Error::Python {
                     error_type,
                     message,
@@ -120,6 +135,25 @@ impl From<ActorError> for Error {
 impl From<crate::python_env::EnvError> for Error {
     fn from(e: crate::python_env::EnvError) -> Self {
         Error::Environment(e.to_string())
+    }
+}
+
+/// What an error the bridge reported says about the worker that reported it: the
+/// classifier the actors run every worker error through.
+pub(crate) fn classify(error: &WireError) -> Disposition {
+    match error.error_type.as_str() {
+        "RateLimited" => Disposition::RateLimited {
+            retry_after: error
+                .details
+                .get("retry_after")
+                .and_then(Value::as_f64)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64),
+        },
+        "MemoryError" => Disposition::Recycle,
+        "LMError" | "ProgramNotFound" | "ProgramExists" | "UnknownCommand" | "InvalidRequest"
+        | "ResponseTooLarge" => Disposition::CallerError,
+        _ => Disposition::WorkerFault,
     }
 }
 

@@ -1,10 +1,18 @@
-//! How a worker process is launched from the configuration: interpreter, argv and the
-//! environment (built only from `python.inherit_env` + `python.env`, never the whole host
-//! environment, so secrets the workers do not need stay out of them).
+//! How a worker process is launched from the configuration: interpreter, argv, working
+//! directory and the environment (built only from `python.inherit_env` + `python.env`,
+//! never the whole host environment, so secrets the workers do not need stay out of them).
+//!
+//! Workers import only from the venv, the bridge and `python.path`, never from the
+//! directory dspex runs in: the bundled bridge starts with the unpacked bridge's own
+//! directory as its working directory and `PYTHONSAFEPATH=1` (so `-m dspex_bridge` puts
+//! nothing of the user's on `sys.path`), then changes to `DSPEX_WORKDIR`, the host's
+//! working directory, before it imports any user code, so user code opening relative paths
+//! behaves as in the host. Everything LiteLLM- or DSPy-specific a worker needs from its
+//! environment is set here, in one place.
 
 use std::path::{Path, PathBuf};
 
-use dspex_actors::worker::process::LaunchSpec;
+use dspex_actors::LaunchSpec;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -60,6 +68,13 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
     pythonpath.extend(python.path.iter().cloned());
     vars.push(("PYTHONPATH".into(), join_paths(&pythonpath)?));
     vars.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    // LiteLLM fetches its model cost map from the internet at import unless told not to.
+    vars.push(("LITELLM_LOCAL_MODEL_COST_MAP".into(), "True".into()));
+    vars.push((
+        "DSPEX_WORKER_CONCURRENCY".into(),
+        config.pool.worker_concurrency.to_string(),
+    ));
+    vars.push(("DSPEX_LM".into(), lm_json(config).to_string()));
     vars.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
     if !python.path.is_empty() {
         vars.push(("DSPEX_PYTHON_PATH".into(), join_paths(&python.path)?));
@@ -91,15 +106,38 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
         vars.retain(|(name, _)| name != k);
         vars.push((k.clone(), v.clone()));
     }
-    let args = match &python.script {
-        Some(script) => vec![absolute(script).to_string_lossy().into_owned()],
-        None => vec!["-m".into(), "dspex_bridge".into()],
+    let bundled = python.script.is_none();
+    let (args, cwd) = match &python.script {
+        Some(script) => (vec![absolute(script).to_string_lossy().into_owned()], None),
+        None => {
+            vars.push(("PYTHONSAFEPATH".into(), "1".into()));
+            if let Ok(here) = std::env::current_dir() {
+                vars.push(("DSPEX_WORKDIR".into(), here.to_string_lossy().into_owned()));
+            }
+            (
+                vec!["-m".into(), "dspex_bridge".into()],
+                Some(env.bridge_path.clone()),
+            )
+        }
     };
     Ok(LaunchSpec {
         program: env.python.clone(),
         args,
         env: vars,
-        cwd: None,
+        cwd,
         transport: python.transport,
+        memory_limit: None,
+        lifeline: bundled,
+    })
+}
+
+/// The worker's default LM, as the bridge reads it from `DSPEX_LM`.
+fn lm_json(config: &Config) -> serde_json::Value {
+    let lm = &config.lm;
+    serde_json::json!({
+        "model": lm.model,
+        "api_key_env": lm.api_key_env,
+        "temperature": lm.temperature,
+        "max_tokens": lm.max_tokens,
     })
 }

@@ -14,8 +14,7 @@ pub mod signature;
 pub mod system;
 
 pub use config::Config;
-pub use dspex_actors::supervisor::{SystemHealth, SystemStatus};
-pub use dspex_actors::worker::Health;
+pub use dspex_actors::{Health, SystemHealth, SystemStatus};
 pub use error::{Error, Result};
 pub use program::{ModuleKind, Program, ProgramDef, ProgramInfo, Session};
 pub use signature::Signature;

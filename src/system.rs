@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use dspex_actors::launcher::WorkerLauncher;
 use dspex_actors::session::{self, SessionInfo, SessionMetrics};
-use dspex_actors::supervisor::{
-    AwaitReady, CrashTarget, Execute, GetStatus, InjectCrash, Shutdown, Supervisor, SystemHealth,
-    SystemStatus, ToRegistry,
+use dspex_actors::{
+    ActorError, AwaitReady, CrashTarget, EventSender, Execute, GetStatus, InjectCrash,
+    ProcessLauncher, RequestTimeout, RunHealthCheck, ShutdownSystem, Supervisor, SystemHealth,
+    SystemStatus, ToRegistry, WorkerLauncher,
 };
-use dspex_actors::worker::process::ProcessLauncher;
-use dspex_actors::ActorError;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -50,13 +48,34 @@ struct Inner {
 }
 
 /// A request for [`System::execute`].
+///
+/// # Examples
+///
+/// ```
+/// use dspex::Call;
+/// use std::time::Duration;
+/// let call = Call::new("execute_program", serde_json::json!({}))
+///     .session("s1")
+///     .batch()
+///     .limited()
+///     .timeout(Duration::from_secs(5));
+/// assert!(call.batch && call.limited);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Call {
     pub command: String,
     pub args: Value,
     pub session_id: Option<String>,
-    /// Overrides `pool.request_timeout` for this request.
-    pub timeout: Option<Duration>,
+    /// How long the worker may take; `pool.request_timeout` by default.
+    pub timeout: RequestTimeout,
+    /// Wait for capacity without `pool.checkout_timeout` or `pool.max_queue` (the caller
+    /// bounds how many requests it has outstanding, as `dspex run` does).
+    pub batch: bool,
+    /// Counts against the pool-wide LM rate control (`lm.max_in_flight`, 429 back-off,
+    /// `lm.requests_per_minute`).
+    pub limited: bool,
+    /// Receives the events the worker reports while the request runs (e.g. progress).
+    pub events: Option<EventSender>,
 }
 
 impl Call {
@@ -65,7 +84,10 @@ impl Call {
             command: command.into(),
             args,
             session_id: None,
-            timeout: None,
+            timeout: RequestTimeout::Default,
+            batch: false,
+            limited: false,
+            events: None,
         }
     }
 
@@ -74,8 +96,33 @@ impl Call {
         self
     }
 
+    /// Overrides `pool.request_timeout` for this request.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.timeout = RequestTimeout::After(timeout);
+        self
+    }
+
+    /// No time limit for this request (an optimizer run, say).
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = RequestTimeout::Never;
+        self
+    }
+
+    /// See [`Call::batch`](struct.Call.html#structfield.batch).
+    pub fn batch(mut self) -> Self {
+        self.batch = true;
+        self
+    }
+
+    /// See [`Call::limited`](struct.Call.html#structfield.limited).
+    pub fn limited(mut self) -> Self {
+        self.limited = true;
+        self
+    }
+
+    /// Send the worker's events for this request to `events`.
+    pub fn events(mut self, events: EventSender) -> Self {
+        self.events = Some(events);
         self
     }
 }
@@ -156,13 +203,19 @@ impl Builder {
                 let graceful = thread_config.shutdown.graceful_timeout;
                 let runtime = actix_rt::System::new();
                 runtime.block_on(async move {
-                    let supervisor = Supervisor::new(thread_name.clone(), actors, launcher).start();
+                    let supervisor = Supervisor::new(
+                        thread_name.clone(),
+                        actors,
+                        launcher,
+                        crate::error::classify,
+                    )
+                    .start();
                     let _ = started_tx.send(Ok(supervisor.clone()));
                     if stop_rx.recv().await.is_none() {
                         // Every handle was dropped without a shutdown: stop the workers anyway,
                         // so no Python process outlives its system.
                         log::debug!("system {thread_name}: last handle dropped; shutting down");
-                        let stop = supervisor.send(Shutdown {
+                        let stop = supervisor.send(ShutdownSystem {
                             graceful: Duration::ZERO,
                         });
                         let _ = tokio::time::timeout(graceful + kill_timeout * 2, stop).await;
@@ -296,6 +349,9 @@ impl System {
             args: call.args,
             session_id: call.session_id,
             timeout: call.timeout,
+            batch: call.batch,
+            limited: call.limited,
+            events: call.events,
             reply,
         });
         match answer.await {
@@ -427,9 +483,7 @@ impl System {
 
     /// Ping every idle worker now, then report status (unhealthy workers get replaced).
     pub async fn health_check(&self) -> Result<SystemStatus> {
-        self.inner
-            .supervisor
-            .do_send(dspex_actors::supervisor::RunHealthCheck);
+        self.inner.supervisor.do_send(RunHealthCheck);
         self.status().await
     }
 
@@ -451,7 +505,11 @@ impl System {
     /// worker process remains and the actor thread has ended. Idempotent.
     pub async fn shutdown(&self, graceful: Duration) -> Result<()> {
         if !*self.inner.done.borrow() {
-            let _ = self.inner.supervisor.send(Shutdown { graceful }).await;
+            let _ = self
+                .inner
+                .supervisor
+                .send(ShutdownSystem { graceful })
+                .await;
             let _ = self.inner.stop.send(());
         }
         let mut done = self.inner.done.clone();

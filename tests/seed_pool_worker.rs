@@ -10,7 +10,7 @@ use common::*;
 use dspex::Call;
 use serde_json::json;
 
-async fn worker_of(system: &dspex::System, pid: u32) -> dspex_actors::worker::WorkerSnapshot {
+async fn worker_of(system: &dspex::System, pid: u32) -> dspex_actors::WorkerSnapshot {
     let pool = system.status().await.unwrap().pool.unwrap();
     pool.workers
         .into_iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use dspex::{Call, SystemHealth};
-use dspex_actors::supervisor::CrashTarget;
+use dspex_actors::CrashTarget;
 use serde_json::json;
 
 #[tokio::test]

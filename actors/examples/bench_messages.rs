@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dspex_actors::session::{Metrics, Touch, Track};
-use dspex_actors::supervisor::{AwaitReady, Execute, GetStatus, Supervisor, ToRegistry};
 use dspex_actors::testing::InMemoryLauncher;
 use dspex_actors::ActorsConfig;
+use dspex_actors::{AwaitReady, Execute, GetStatus, Supervisor, ToRegistry, WorkerFaults};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -24,14 +24,16 @@ fn per_op(label: &str, n: u32, elapsed: Duration) {
 
 fn main() {
     actix::System::new().block_on(async {
-        let mut config = ActorsConfig {
-            name: "bench".into(),
-            ..Default::default()
-        };
+        let mut config = ActorsConfig::default();
         config.pool.size = 2;
         config.pool.health_check_interval = Duration::ZERO;
-        let sup =
-            Supervisor::new("bench".into(), config, Arc::new(InMemoryLauncher::new())).start();
+        let sup = Supervisor::new(
+            "bench".into(),
+            config,
+            Arc::new(InMemoryLauncher::new()),
+            WorkerFaults,
+        )
+        .start();
         sup.send(AwaitReady { min_ready: 2 })
             .await
             .unwrap()
@@ -77,13 +79,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..n {
             let (reply, rx) = oneshot::channel();
-            sup.do_send(Execute {
-                command: "echo".into(),
-                args: json!({}),
-                session_id: None,
-                timeout: None,
-                reply,
-            });
+            sup.do_send(Execute::new("echo", json!({}), reply));
             rx.await.unwrap().unwrap();
         }
         per_op(

@@ -3,14 +3,18 @@
 //! touching the actors.
 //!
 //! Two launchers exist: [`ProcessLauncher`] starts real processes, and
-//! [`InMemoryLauncher`] runs a scripted fake worker on in-memory pipes for tests.
+//! [`InMemoryLauncher`](crate::testing::InMemoryLauncher) runs a scripted fake worker on
+//! in-memory pipes for tests. A launcher of one's own builds on [`spawn_process`] and hands
+//! back a [`Connection`].
 
 use crate::error::ActorError;
-use crate::worker::transport::Connection;
 use std::sync::Arc;
 
-pub use crate::testing::InMemoryLauncher;
-pub use crate::worker::process::{LaunchSpec, ProcessLauncher, TransportKind};
+pub use crate::worker::process::{
+    describe_exit, spawn as spawn_process, ChildProcess, LaunchSpec, ProcessLauncher, StopStep,
+    Stopped, TransportKind,
+};
+pub use crate::worker::transport::{log_lines, BoxRead, BoxWrite, Connection, LogStream};
 
 /// Starts one worker and returns the host's ends of its transport.
 ///

@@ -1,27 +1,41 @@
 //! `dspex-actors`: a supervised actix actor system over a pool of worker processes
 //! that speak a length-framed JSON protocol.
 //!
-//! This crate knows nothing of DSPy: a command is a name plus JSON arguments, and a
-//! session's state is opaque JSON. The `dspex` crate builds the DSPy layer on top.
+//! This crate knows nothing of DSPy: a command is a name plus JSON arguments, a session's
+//! state is opaque JSON, and what a worker's error means is decided by an
+//! [`ErrorClassifier`] the layer above passes in. The `dspex` crate builds the DSPy layer on
+//! top.
 //!
 //! The tree is `Supervisor → {SessionRegistry, PoolManager → Worker × N}`. Nothing here
-//! is global: every actor is reached through addresses handed down from the
-//! [`supervisor::Supervisor`] that started it, so any number of systems can share a
-//! process.
+//! is global: every actor is reached through addresses handed down from the [`Supervisor`]
+//! that started it, so any number of systems can share a process. Only this facade is
+//! public: the [`Supervisor`] and its messages, the session registry's messages, the wire
+//! [`protocol`], the launcher interface with the process launcher, the status types, and
+//! the in-memory fakes of [`testing`].
 
-pub mod config;
-pub mod error;
-pub mod launcher;
-pub mod pool;
+mod config;
+mod error;
+mod launcher;
+mod pool;
 pub mod protocol;
 pub mod session;
-pub mod supervisor;
+mod supervisor;
 pub mod testing;
-pub mod worker;
+mod worker;
 
 pub use config::{
-    ActorsConfig, Affinity, PoolConfig, SessionConfig, ShutdownConfig, SupervisorConfig,
-    WorkerConfig,
+    ActorsConfig, Affinity, PoolConfig, RateConfig, SessionConfig, ShutdownConfig,
+    SupervisorConfig, WorkerConfig,
 };
-pub use error::{ActorError, TimeoutStage};
-pub use launcher::WorkerLauncher;
+pub use error::{ActorError, Disposition, ErrorClassifier, TimeoutStage, WorkerFaults};
+pub use launcher::{
+    describe_exit, log_lines, spawn_process, BoxRead, BoxWrite, ChildProcess, Connection,
+    LaunchSpec, LogStream, ProcessLauncher, StopStep, Stopped, TransportKind, WorkerLauncher,
+};
+pub use pool::{LatencySummary, PoolStatus, PoolTotals, RateStatus};
+pub use supervisor::{
+    AwaitReady, CrashTarget, EventSender, Execute, GetStatus, InjectCrash, Reply, RequestTimeout,
+    RestartCounts, RunHealthCheck, ShutdownSystem, Supervisor, SystemHealth, SystemStatus,
+    ToRegistry,
+};
+pub use worker::{Health, WorkerSnapshot, WorkerStats};

@@ -1,11 +1,16 @@
-//! The PoolManager actor: keeps `pool.size` workers alive, matches requests to free workers
-//! (FIFO queue, affinity, deadlines), replaces dead or unhealthy workers, retries a request
-//! whose worker crashed, pings idle workers, and drains everything on shutdown.
+//! The PoolManager actor: keeps `pool.size` workers alive, places requests on free worker
+//! slots (FIFO queue, affinity, deadlines, pool-wide rate control), drains and replaces
+//! workers that are stuck, unhealthy or due for recycling, retries every request a dead
+//! worker held, pings workers, and drains everything on shutdown.
 //!
 //! It never waits on Python: `Submit` hands the request to a Worker, which answers the
-//! caller directly and tells the pool when it is free again.
+//! caller directly and tells the pool when the slot is free again. The decisions live in
+//! plain data ([`scheduler`], [`rate`], [`startup`]); this actor wires them to messages and
+//! timers.
 
-pub mod scheduler;
+pub(crate) mod rate;
+mod scheduler;
+mod startup;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,25 +20,29 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::config::{PoolConfig, ShutdownConfig, WorkerConfig};
-use crate::error::{ActorError, TimeoutStage};
+use crate::config::{ActorsConfig, PoolConfig, RateConfig};
+use crate::error::{ActorError, Classifier, TimeoutStage};
 use crate::launcher::WorkerLauncher;
 use crate::worker::{
-    process, Adopt, Dispatch, ForgetSession, Health, HealthCheck, Job, Stop, Worker, WorkerEvent,
-    WorkerEventKind, WorkerSettings, WorkerSnapshot, WorkerStats,
+    Adopt, Dispatch, Exit, ForgetSession, Health, HealthCheck, Job, Outcome, Release, RetireRule,
+    Snapshot, Stop, Worker, WorkerEvent, WorkerEventKind, WorkerSettings, WorkerSnapshot,
+    WorkerStats,
 };
-use scheduler::{Scheduler, Submitted};
+use rate::RateLimiter;
+pub use rate::RateStatus;
+use scheduler::{Freed, Placed, Queued, Scheduler};
+use startup::Startup;
 
 /// Run a request on some worker; the answer arrives on `job.reply`.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Submit(pub Job);
+pub(crate) struct Submit(pub Job);
 
-/// Resolve once at least `min_ready` workers are ready, or fail if the initial workers
-/// failed to start (every one of the first `pool.size` attempts) or the pool shuts down.
+/// Resolve once at least `min_ready` workers are ready, or fail when the pool cannot start
+/// any worker (see [`startup`]) or shuts down.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct WaitReady {
+pub(crate) struct WaitReady {
     pub min_ready: usize,
     pub reply: oneshot::Sender<Result<(), ActorError>>,
 }
@@ -43,15 +52,16 @@ type ReadyWaiter = (usize, oneshot::Sender<Result<(), ActorError>>);
 /// Current pool state and metrics.
 #[derive(Message)]
 #[rtype(result = "PoolStatus")]
-pub struct GetPoolStatus;
+pub(crate) struct GetPoolStatus;
 
 /// Sessions ended: forget their affinity and let workers drop their cached programs.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ForgetSessions(pub Vec<String>);
+pub(crate) struct ForgetSessions(pub Vec<String>);
 
-/// Ping every idle worker now (also runs every `pool.health_check_interval`).
-#[derive(Message)]
+/// Ping every worker now (also runs every `pool.health_check_interval`); one that does not
+/// answer is replaced.
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct RunHealthCheck;
 
@@ -60,30 +70,30 @@ pub struct RunHealthCheck;
 /// worker process remains.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ShutdownPool {
+pub(crate) struct ShutdownPool {
     pub graceful: Duration,
     pub done: oneshot::Sender<()>,
 }
 
 /// Fault injection for supervision tests: the handler panics.
-#[doc(hidden)]
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Crash;
+pub(crate) struct Crash;
 
 /// Sent to the supervisor from `stopped()`. `handover` is `None` after a requested
 /// shutdown; otherwise it carries everything a successor needs to continue.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PoolStopped {
+pub(crate) struct PoolStopped {
     pub handover: Option<PoolHandover>,
 }
 
 /// A stopped PoolManager's state, moved to its successor (never shared).
-pub struct PoolHandover {
+pub(crate) struct PoolHandover {
     workers: Vec<(String, Entry)>,
-    pub(crate) queue: Vec<(Option<String>, Job, Instant)>,
+    queue: Vec<Queued<Job>>,
     affinity: HashMap<String, String>,
+    rate: RateLimiter,
     next_worker: u64,
     ever_ready: bool,
     totals: PoolTotals,
@@ -92,8 +102,19 @@ pub struct PoolHandover {
 }
 
 impl PoolHandover {
-    pub(crate) fn worker_addrs(&self) -> impl Iterator<Item = &Addr<Worker>> {
-        self.workers.iter().map(|(_, e)| &e.addr)
+    /// Nobody will take these workers over: answer queued requests with `error` and stop
+    /// every worker process.
+    pub(crate) fn abandon(self, error: ActorError, kill: Duration) {
+        for q in self.queue {
+            q.job.answer(Err(error.clone()));
+        }
+        for (_, entry) in self.workers {
+            entry.addr.do_send(Stop {
+                graceful: Duration::ZERO,
+                kill,
+                done: None,
+            });
+        }
     }
 }
 
@@ -118,6 +139,8 @@ pub struct PoolTotals {
     pub replaced: u64,
     pub checkout_timeouts: u64,
     pub rejected_busy: u64,
+    /// Requests refused for rate ("429") by the far end, retries included.
+    pub throttled: u64,
 }
 
 /// Request latency (submit → answer) over the most recent requests, in milliseconds.
@@ -130,11 +153,16 @@ pub struct LatencySummary {
     pub max_ms: f64,
 }
 
-/// What `GetPoolStatus` answers.
+/// What the pool reports.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PoolStatus {
     pub size: usize,
+    /// Request slots of the workers that take work (`worker_concurrency` each).
+    pub capacity: usize,
+    /// Requests in flight on all workers.
+    pub in_flight: usize,
     pub ready: usize,
+    /// Workers with at least one request in flight.
     pub busy: usize,
     pub starting: usize,
     pub queue_depth: usize,
@@ -142,18 +170,29 @@ pub struct PoolStatus {
     pub workers: Vec<WorkerSnapshot>,
     pub totals: PoolTotals,
     pub latency: LatencySummary,
-    /// The most recent start failure, while no worker is ready.
+    /// The pool-wide control of limited requests.
+    pub rate: RateStatus,
+    /// Why workers failed to start, while the latest attempt failed.
     pub last_start_error: Option<String>,
 }
 
 const LATENCY_WINDOW: usize = 4096;
-const MAX_START_BACKOFF: Duration = Duration::from_secs(10);
+/// Rate refusals after which a request gives up however they were counted: a far end
+/// that refuses forever must not keep a request alive forever.
+const MAX_THROTTLES: u32 = 100;
+/// How long the pool waits for workers' snapshots when asked for status.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 struct Entry {
     addr: Addr<Worker>,
-    snapshot: WorkerSnapshot,
     started: Instant,
-    retiring: bool,
+    pid: Option<u32>,
+    health: Health,
+    /// Why it takes no new work, once it is being drained for replacement.
+    retiring: Option<String>,
+    /// Requests whose caller timed out but the process still holds.
+    stuck: usize,
+    stop_sent: bool,
 }
 
 struct ShutdownState {
@@ -162,26 +201,28 @@ struct ShutdownState {
 }
 
 /// See the module docs.
-pub struct PoolManager {
+pub(crate) struct PoolManager {
     name: String,
     config: PoolConfig,
-    settings: WorkerSettings,
+    rate_config: RateConfig,
+    settings: Arc<WorkerSettings>,
+    graceful_timeout: Duration,
     launcher: Arc<dyn WorkerLauncher>,
+    classifier: Classifier,
     workers: BTreeMap<String, Entry>,
     sched: Scheduler<Job>,
     next_worker: u64,
-    consecutive_start_failures: u32,
+    startup: Startup,
     start_retry_armed: bool,
-    ever_ready: bool,
-    last_start_error: Option<ActorError>,
     ready_waiters: Vec<ReadyWaiter>,
     totals: PoolTotals,
     latencies: VecDeque<Duration>,
     shutdown: Option<ShutdownState>,
     supervisor: Option<Recipient<PoolStopped>>,
     handover: Option<PoolHandover>,
-    /// The one timer that expires queued requests, and when it fires.
-    expiry: Option<(Instant, SpawnHandle)>,
+    /// The one timer that wakes the pool for queued requests (deadlines, back-off, rate),
+    /// and when it fires.
+    timer: Option<(Instant, SpawnHandle)>,
 }
 
 impl PoolManager {
@@ -189,60 +230,73 @@ impl PoolManager {
     /// `handover` continues a predecessor's work.
     pub fn new(
         name: String,
-        config: PoolConfig,
-        worker: WorkerConfig,
-        shutdown: ShutdownConfig,
+        config: &ActorsConfig,
         launcher: Arc<dyn WorkerLauncher>,
+        classifier: Classifier,
         supervisor: Option<Recipient<PoolStopped>>,
         handover: Option<PoolHandover>,
     ) -> Self {
-        let settings = WorkerSettings {
-            startup_timeout: config.startup_timeout,
-            health_timeout: config.request_timeout.min(Duration::from_secs(10)),
-            max_frame_bytes: worker.max_frame_bytes,
-            keep_log_lines: worker.keep_log_lines,
-            degrade_after: config.degrade_after,
-            remove_after: config.remove_after,
-            max_requests: config.max_requests,
-            max_lifetime: config.max_lifetime,
-            graceful_timeout: shutdown.graceful_timeout,
-            kill_timeout: shutdown.kill_timeout,
+        let pool = config.pool.clone();
+        let interval = pool.health_check_interval;
+        let health_timeout = if interval.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            interval.clamp(Duration::from_secs(2), Duration::from_secs(10))
         };
+        let settings = WorkerSettings {
+            capacity: pool.worker_concurrency.max(1),
+            startup_timeout: pool.startup_timeout,
+            health_timeout: health_timeout.min(pool.request_timeout),
+            ping_when_busy: config.worker.ping_when_busy,
+            max_frame_bytes: config.worker.max_frame_bytes,
+            keep_log_lines: config.worker.keep_log_lines,
+            degrade_after: pool.degrade_after,
+            remove_after: pool.remove_after,
+            retire: RetireRule {
+                max_requests: pool.max_requests,
+                max_lifetime: pool.max_lifetime,
+            },
+            kill_timeout: config.shutdown.kill_timeout,
+        };
+        let max_limited = match config.rate.max_in_flight {
+            0 => pool.capacity(),
+            n => n,
+        };
+        let rate = RateLimiter::new(max_limited, config.rate.requests_per_minute, Instant::now());
         PoolManager {
             name,
-            sched: Scheduler::new(config.affinity, config.max_queue),
-            config,
-            settings,
+            sched: Scheduler::new(pool.affinity, pool.max_queue, rate),
+            config: pool,
+            rate_config: config.rate.clone(),
+            settings: Arc::new(settings),
+            graceful_timeout: config.shutdown.graceful_timeout,
             launcher,
+            classifier,
             workers: BTreeMap::new(),
             next_worker: 0,
-            consecutive_start_failures: 0,
+            startup: Startup::default(),
             start_retry_armed: false,
-            ever_ready: false,
-            last_start_error: None,
             ready_waiters: Vec::new(),
             totals: PoolTotals::default(),
             latencies: VecDeque::new(),
             shutdown: None,
             supervisor,
             handover,
-            expiry: None,
+            timer: None,
         }
     }
 
     fn serving(&self) -> impl Iterator<Item = &Entry> {
-        self.workers.values().filter(|e| !e.retiring)
+        self.workers.values().filter(|e| e.retiring.is_none())
     }
 
     fn ready_count(&self) -> usize {
-        self.serving()
-            .filter(|e| e.snapshot.health.can_serve())
-            .count()
+        self.serving().filter(|e| e.health.can_serve()).count()
     }
 
     fn starting_count(&self) -> usize {
         self.serving()
-            .filter(|e| e.snapshot.health == Health::Starting)
+            .filter(|e| e.health == Health::Starting)
             .count()
     }
 
@@ -263,20 +317,11 @@ impl PoolManager {
         let id = format!("{}.w{}", self.name, self.next_worker);
         let worker = Worker::new(
             id.clone(),
-            self.settings.clone(),
-            self.launcher.clone(),
+            Arc::clone(&self.settings),
+            Arc::clone(&self.launcher),
+            Arc::clone(&self.classifier),
             ctx.address().recipient(),
         );
-        let snapshot = WorkerSnapshot {
-            id: id.clone(),
-            pid: None,
-            health: Health::Starting,
-            busy: false,
-            session: None,
-            stats: WorkerStats::default(),
-            uptime_ms: 0,
-            rss_bytes: None,
-        };
         self.totals.started += 1;
         log::debug!("pool {}: starting worker {id}", self.name);
         let addr = worker.start();
@@ -284,116 +329,175 @@ impl PoolManager {
             id,
             Entry {
                 addr,
-                snapshot,
                 started: Instant::now(),
-                retiring: false,
+                pid: None,
+                health: Health::Starting,
+                retiring: None,
+                stuck: 0,
+                stop_sent: false,
             },
         );
     }
 
-    fn run(&mut self, worker: String, job: Job) {
-        match self.workers.get_mut(&worker) {
-            Some(entry) => {
-                entry.snapshot.busy = true;
-                entry.addr.do_send(Dispatch(job));
-            }
+    fn run(&mut self, placed: Placed<Job>) {
+        let Placed {
+            worker,
+            mut job,
+            ticket,
+        } = placed;
+        job.ticket = ticket;
+        match self.workers.get(&worker) {
+            Some(entry) => entry.addr.do_send(Dispatch(job)),
             None => {
                 // The scheduler and the worker table disagree; never lose the request.
                 log::error!(
                     "pool {}: scheduler chose unknown worker {worker}",
                     self.name
                 );
-                job.answer(Err(ActorError::WorkerCrashed {
-                    worker_id: worker,
-                    reason: "worker vanished before the request was sent".into(),
-                    last_output: String::new(),
-                }));
+                self.sched
+                    .freed(&worker, job.limited, Freed::Other, Instant::now());
+                self.requeue(job, None);
             }
         }
     }
 
-    fn dispatch(&mut self) {
-        for (worker, queued) in self.sched.dispatch() {
-            self.run(worker, queued.job);
+    /// Place what can run, then make sure the pool wakes up for what cannot yet.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        for placed in self.sched.dispatch(Instant::now()) {
+            self.run(placed);
         }
+        self.arm_timer(ctx);
     }
 
-    /// Make sure a timer fires by `deadline`. One timer serves the whole queue (armed for
-    /// the earliest deadline): a timer per queued request would pile up thousands of
-    /// spawned items in the context at high request rates.
-    fn arm_expiry(&mut self, deadline: Instant, ctx: &mut Context<Self>) {
-        if let Some((at, handle)) = self.expiry {
-            if at <= deadline {
+    /// One timer serves the whole queue, armed for the earliest moment something queued
+    /// can change (a deadline, the end of a back-off, the rate limit reopening): a timer
+    /// per request would pile up thousands of spawned items at high request rates.
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let Some(at) = self.sched.next_wake(now) else {
+            return;
+        };
+        if let Some((armed, handle)) = self.timer {
+            if armed <= at {
                 return;
             }
             ctx.cancel_future(handle);
         }
-        let delay = deadline.saturating_duration_since(Instant::now());
-        let handle = ctx.run_later(delay, |act, ctx| {
-            act.expiry = None;
+        let handle = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
+            act.timer = None;
             for queued in act.sched.expire_due(Instant::now()) {
-                act.expire(queued);
+                act.expire(queued.job);
             }
-            if let Some(next) = act.sched.next_deadline() {
-                act.arm_expiry(next, ctx);
-            }
+            act.dispatch(ctx);
+            act.maybe_finish_shutdown(ctx);
         });
-        self.expiry = Some((deadline, handle));
+        self.timer = Some((at, handle));
     }
 
-    fn expire(&mut self, queued: scheduler::Queued<Job>) {
+    fn expire(&mut self, job: Job) {
         self.totals.checkout_timeouts += 1;
-        let hint = match (&self.last_start_error, self.ready_count()) {
+        let hint = match (self.startup.last_error(), self.ready_count()) {
             (Some(e), 0) => format!("no worker is ready; the last start failed: {e}"),
             (_, ready) => format!(
-                "no worker became free ({ready} ready, {} queued); raise pool.size or pool.checkout_timeout",
+                "no slot became free ({ready} workers ready, {} requests queued); raise pool.size, pool.worker_concurrency or pool.checkout_timeout",
                 self.sched.queue_len()
             ),
         };
-        queued.job.answer(Err(ActorError::timeout(
+        job.answer(Err(ActorError::timeout(
             TimeoutStage::Checkout,
             self.config.checkout_timeout,
             hint,
         )));
     }
 
-    fn retire(&mut self, id: &str, reason: &str) {
-        let Some(entry) = self.workers.get_mut(id) else {
-            return;
-        };
-        if entry.retiring {
-            return;
-        }
-        log::info!("pool {}: replacing worker {id}: {reason}", self.name);
-        entry.retiring = true;
-        self.totals.replaced += 1;
-        self.sched.remove_worker(id);
-        entry.addr.do_send(Stop {
-            graceful: self.settings.graceful_timeout,
-            kill: self.settings.kill_timeout,
-            done: None,
+    /// Queue a request again at the front: interactive ones get a fresh checkout deadline,
+    /// batch ones wait as long as it takes.
+    fn requeue(&mut self, job: Job, not_before: Option<Instant>) {
+        let deadline = (!job.batch).then(|| Instant::now() + self.config.checkout_timeout);
+        self.sched.requeue_front(Queued {
+            session: job.session_id.clone(),
+            deadline,
+            not_before,
+            limited: job.limited,
+            job,
         });
     }
 
+    /// Take a worker out of service: it gets no new work, a replacement starts, and it is
+    /// stopped once its live requests are done or `shutdown.graceful_timeout` has passed.
+    fn retire(&mut self, id: &str, reason: String, ctx: &mut Context<Self>) {
+        let Some(entry) = self.workers.get_mut(id) else {
+            return;
+        };
+        if entry.retiring.is_some() {
+            return;
+        }
+        log::info!("pool {}: replacing worker {id}: {reason}", self.name);
+        entry.retiring = Some(reason);
+        self.totals.replaced += 1;
+        self.sched.drain(id);
+        let worker = id.to_owned();
+        ctx.run_later(self.graceful_timeout, move |act, _| {
+            if act.workers.get(&worker).is_some_and(|e| !e.stop_sent) {
+                act.stop_worker(&worker, Duration::ZERO);
+            }
+        });
+        self.maybe_stop_drained(id);
+        self.ensure_workers(ctx);
+    }
+
+    /// A retiring worker whose requests are all answered or stuck is stopped.
+    fn maybe_stop_drained(&mut self, id: &str) {
+        let Some(entry) = self.workers.get(id) else {
+            return;
+        };
+        if entry.retiring.is_none() || entry.stop_sent {
+            return;
+        }
+        let in_flight = self.sched.load(id).map_or(0, |l| l.in_flight);
+        if in_flight <= entry.stuck {
+            // Stuck requests will not finish: no point waiting for them.
+            let graceful = if entry.stuck > 0 {
+                Duration::ZERO
+            } else {
+                self.graceful_timeout
+            };
+            self.stop_worker(id, graceful);
+        }
+    }
+
+    fn stop_worker(&mut self, id: &str, graceful: Duration) {
+        if let Some(entry) = self.workers.get_mut(id) {
+            entry.stop_sent = true;
+            entry.health = Health::Stopping;
+            entry.addr.do_send(Stop {
+                graceful,
+                kill: self.settings.kill_timeout,
+                done: None,
+            });
+        }
+    }
+
     fn on_start_failed(&mut self, id: &str, error: ActorError, ctx: &mut Context<Self>) {
-        self.workers.remove(id);
+        if let Some(entry) = self.workers.remove(id) {
+            entry.addr.do_send(Release);
+        }
         self.sched.remove_worker(id);
         self.totals.start_failures += 1;
-        self.consecutive_start_failures += 1;
         log::warn!("pool {}: worker {id} failed to start: {error}", self.name);
-        if !self.ever_ready && self.consecutive_start_failures as usize >= self.config.size.max(1) {
+        let backoff = self.startup.failed(error.clone());
+        if self
+            .startup
+            .hopeless(self.config.size, self.ready_count(), self.starting_count())
+        {
             for (_, waiter) in self.ready_waiters.drain(..) {
                 let _ = waiter.send(Err(error.clone()));
             }
         }
-        self.last_start_error = Some(error);
         if self.shutdown.is_some() {
+            self.maybe_finish_shutdown(ctx);
             return;
         }
-        // Back off so a worker that cannot start (bad handler module, missing package)
-        // does not spin; the first retry is quick.
-        let exp = self.consecutive_start_failures.saturating_sub(1).min(10);
-        let backoff = (Duration::from_millis(100) * 2u32.pow(exp)).min(MAX_START_BACKOFF);
         self.start_retry_armed = true;
         ctx.run_later(backoff, |act, ctx| {
             act.start_retry_armed = false;
@@ -401,51 +505,104 @@ impl PoolManager {
         });
     }
 
-    fn on_exited(
+    /// A request the dead worker held, unanswered: retry it, or tell its caller why not.
+    fn orphan(
         &mut self,
+        mut job: Job,
         id: &str,
-        reason: String,
-        expected: bool,
-        orphan: Option<Job>,
-        ctx: &mut Context<Self>,
+        reason: &str,
+        last_output: &str,
+        out_of_memory: bool,
     ) {
-        let retiring = self.workers.remove(id).map(|e| e.retiring).unwrap_or(true);
-        self.sched.remove_worker(id);
-        if !expected && !retiring {
-            self.totals.crashed += 1;
-            log::warn!("pool {}: worker {id} died: {reason}", self.name);
+        if self.shutdown.is_some() {
+            job.answer(Err(ActorError::ShuttingDown));
+        } else if !out_of_memory && job.attempt < self.config.retry_on_crash {
+            job.attempt += 1;
+            self.totals.retried += 1;
+            log::info!(
+                "pool {}: retrying `{}` (attempt {}) after worker {id} ended",
+                self.name,
+                job.command,
+                job.attempt + 1
+            );
+            self.requeue(job, None);
+        } else {
+            job.answer(Err(ActorError::WorkerCrashed {
+                worker_id: id.to_owned(),
+                reason: reason.to_owned(),
+                last_output: last_output.to_owned(),
+                out_of_memory,
+            }));
         }
-        if let Some(mut job) = orphan {
-            if self.shutdown.is_some() {
-                job.answer(Err(ActorError::ShuttingDown));
-            } else if job.attempt < self.config.retry_on_crash {
-                job.attempt += 1;
-                self.totals.retried += 1;
-                log::info!(
-                    "pool {}: retrying `{}` (attempt {}) after worker {id} died",
-                    self.name,
-                    job.command,
-                    job.attempt + 1
-                );
-                let deadline = Instant::now() + self.config.checkout_timeout;
-                self.sched
-                    .requeue_front(job.session_id.clone(), job, deadline);
-                self.arm_expiry(deadline, ctx);
-            } else {
-                let (reason, last_output) = match reason.split_once("; last output: ") {
-                    Some((r, out)) => (r.to_owned(), out.to_owned()),
-                    None => (reason.clone(), String::new()),
-                };
-                job.answer(Err(ActorError::WorkerCrashed {
-                    worker_id: id.to_owned(),
-                    reason,
-                    last_output,
-                }));
+    }
+
+    fn on_exited(&mut self, id: &str, exit: Exit, ctx: &mut Context<Self>) {
+        let retiring = match self.workers.remove(id) {
+            Some(entry) => {
+                entry.addr.do_send(Release);
+                entry.retiring.is_some()
             }
+            None => true,
+        };
+        self.sched.remove_worker(id);
+        if !exit.expected && !retiring {
+            self.totals.crashed += 1;
+            log::warn!("pool {}: worker {id} died: {}", self.name, exit.reason);
+        }
+        for job in exit.orphans {
+            self.orphan(job, id, &exit.reason, &exit.last_output, exit.out_of_memory);
         }
         self.ensure_workers(ctx);
-        self.dispatch();
+        self.dispatch(ctx);
         self.maybe_finish_shutdown(ctx);
+    }
+
+    fn on_throttled(
+        &mut self,
+        id: &str,
+        mut job: Job,
+        error: ActorError,
+        retry_after: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        let ticket = job.ticket.take();
+        self.sched.freed(
+            id,
+            job.limited,
+            Freed::Throttled {
+                ticket,
+                retry_after,
+            },
+            now,
+        );
+        self.totals.throttled += 1;
+        job.throttles += 1;
+        // A refusal while the pool was still probing above what the far end allows is the
+        // pool's doing; only one at the lowest concurrency counts against the request.
+        if ticket.map_or(true, |t| t.at_floor) {
+            job.counted_throttles += 1;
+        }
+        if self.shutdown.is_some()
+            || job.counted_throttles > self.rate_config.num_retries
+            || job.throttles >= MAX_THROTTLES
+        {
+            job.answer(Err(error));
+        } else {
+            let doublings = job.throttles.saturating_sub(1).min(6);
+            let backoff = retry_after
+                .unwrap_or(Duration::from_millis(500) * 2u32.pow(doublings))
+                .min(Duration::from_secs(60));
+            log::debug!(
+                "pool {}: `{}` refused for rate ({} so far); retrying in {backoff:?}",
+                self.name,
+                job.command,
+                job.throttles
+            );
+            self.requeue(job, Some(now + backoff));
+        }
+        self.maybe_stop_drained(id);
+        self.dispatch(ctx);
     }
 
     fn on_event(&mut self, event: WorkerEvent, ctx: &mut Context<Self>) {
@@ -455,57 +612,79 @@ impl PoolManager {
                 let Some(entry) = self.workers.get_mut(&id) else {
                     return;
                 };
-                entry.snapshot.health = Health::Ready;
-                entry.snapshot.pid = pid;
-                let retiring = entry.retiring;
-                self.consecutive_start_failures = 0;
-                self.last_start_error = None;
-                self.ever_ready = true;
+                entry.health = Health::Ready;
+                entry.pid = pid;
+                let retiring = entry.retiring.is_some();
+                self.startup.ready();
                 if !retiring {
-                    self.sched.add_worker(&id, false);
+                    self.sched.add_worker(&id, self.settings.capacity, 0, 0);
                 }
                 self.wake_ready_waiters();
-                self.dispatch();
+                self.dispatch(ctx);
                 self.ensure_workers(ctx);
             }
             WorkerEventKind::StartFailed { error } => self.on_start_failed(&id, error, ctx),
-            WorkerEventKind::Idle {
-                snapshot,
-                retire,
+            WorkerEventKind::Freed {
+                outcome,
+                limited,
                 latency,
+                retire,
             } => {
-                self.totals.completed += 1;
-                if self.latencies.len() == LATENCY_WINDOW {
-                    self.latencies.pop_front();
-                }
-                self.latencies.push_back(latency);
-                let Some(entry) = self.workers.get_mut(&id) else {
-                    return;
+                let how = if outcome == Outcome::Ok {
+                    Freed::Ok
+                } else {
+                    Freed::Other
                 };
-                entry.snapshot = snapshot;
-                entry.snapshot.busy = false;
-                match retire {
-                    Some(reason) => {
-                        self.retire(&id, &reason);
-                        self.ensure_workers(ctx);
+                self.sched.freed(&id, limited, how, Instant::now());
+                if outcome == Outcome::Late {
+                    if let Some(entry) = self.workers.get_mut(&id) {
+                        entry.stuck = entry.stuck.saturating_sub(1);
                     }
-                    None => self.sched.worker_idle(&id),
+                } else {
+                    self.totals.completed += 1;
+                    if self.latencies.len() == LATENCY_WINDOW {
+                        self.latencies.pop_front();
+                    }
+                    self.latencies.push_back(latency);
                 }
-                self.dispatch();
+                if let Some(reason) = retire {
+                    self.retire(&id, reason, ctx);
+                }
+                self.maybe_stop_drained(&id);
+                self.dispatch(ctx);
+                self.maybe_finish_shutdown(ctx);
+            }
+            WorkerEventKind::Throttled {
+                job,
+                error,
+                retry_after,
+            } => self.on_throttled(&id, job, error, retry_after, ctx),
+            WorkerEventKind::TimedOut { stuck, drain } => {
+                if let Some(entry) = self.workers.get_mut(&id) {
+                    entry.stuck = stuck;
+                }
+                if let Some(reason) = drain {
+                    self.retire(&id, reason, ctx);
+                }
                 self.maybe_finish_shutdown(ctx);
             }
             WorkerEventKind::Unhealthy { reason } => {
-                if let Some(entry) = self.workers.get_mut(&id) {
-                    entry.snapshot.health = Health::Unhealthy;
+                // It does not answer: what it holds is lost unless retried elsewhere.
+                self.retire(&id, reason, ctx);
+                if self.workers.get(&id).is_some_and(|e| !e.stop_sent) {
+                    self.stop_worker(&id, Duration::ZERO);
                 }
-                self.retire(&id, &reason);
-                self.ensure_workers(ctx);
+                if let Some(entry) = self.workers.get_mut(&id) {
+                    entry.health = Health::Unhealthy;
+                }
             }
-            WorkerEventKind::Exited {
-                reason,
-                expected,
-                orphan,
-            } => self.on_exited(&id, reason, expected, orphan, ctx),
+            WorkerEventKind::Returned { job } => {
+                self.sched
+                    .freed(&id, job.limited, Freed::Other, Instant::now());
+                self.requeue(job, None);
+                self.dispatch(ctx);
+            }
+            WorkerEventKind::Exited(exit) => self.on_exited(&id, exit, ctx),
         }
     }
 
@@ -521,13 +700,15 @@ impl PoolManager {
         }
     }
 
+    /// Requests still expected to finish: in flight and not stuck, or queued.
+    fn live_work(&self) -> usize {
+        let stuck: usize = self.workers.values().map(|e| e.stuck).sum();
+        self.sched.in_flight().saturating_sub(stuck) + self.sched.queue_len()
+    }
+
     fn maybe_finish_shutdown(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = &self.shutdown else { return };
-        if state.stopping {
-            return;
-        }
-        let busy = self.workers.values().any(|e| e.snapshot.busy);
-        if !busy && self.sched.queue_len() == 0 {
+        if !state.stopping && self.live_work() == 0 {
             self.finish_shutdown(false, ctx);
         }
     }
@@ -547,7 +728,7 @@ impl PoolManager {
         let graceful = if forced {
             Duration::ZERO
         } else {
-            self.settings.graceful_timeout
+            self.graceful_timeout
         };
         let mut done = Vec::new();
         for entry in self.workers.values() {
@@ -567,23 +748,22 @@ impl PoolManager {
                     let _ = waiter.send(());
                 }
             }
-            act.workers.clear();
+            for (_, entry) in std::mem::take(&mut act.workers) {
+                entry.addr.do_send(Release);
+            }
             ctx.stop();
         }));
     }
 
     fn take_handover(&mut self) -> PoolHandover {
+        let (affinity, rate) = self.sched.hand_over();
         PoolHandover {
             workers: std::mem::take(&mut self.workers).into_iter().collect(),
-            queue: self
-                .sched
-                .drain_queue()
-                .into_iter()
-                .map(|q| (q.session, q.job, q.deadline))
-                .collect(),
-            affinity: self.sched.affinity_map().clone(),
+            queue: self.sched.drain_queue(),
+            affinity,
+            rate,
             next_worker: self.next_worker,
-            ever_ready: self.ever_ready,
+            ever_ready: self.startup.ever_ready(),
             totals: std::mem::take(&mut self.totals),
             latencies: std::mem::take(&mut self.latencies),
             ready_waiters: std::mem::take(&mut self.ready_waiters),
@@ -598,53 +778,137 @@ impl PoolManager {
             handover.queue.len()
         );
         self.next_worker = handover.next_worker;
-        self.ever_ready = handover.ever_ready;
+        self.startup = Startup::ever_ready_flag(handover.ever_ready);
         self.totals = handover.totals;
         self.latencies = handover.latencies;
         self.ready_waiters = handover.ready_waiters;
-        self.sched.restore_affinity(handover.affinity);
-        for (session, job, deadline) in handover.queue {
-            self.sched.restore(session, job, deadline);
-            self.arm_expiry(deadline, ctx);
+        self.sched.take_over(handover.affinity, handover.rate);
+        for queued in handover.queue {
+            self.sched.restore(queued);
         }
         let me = ctx.address().recipient::<WorkerEvent>();
         for (id, entry) in handover.workers {
             let request = entry.addr.send(Adopt { pool: me.clone() });
-            let retiring = entry.retiring;
             self.workers.insert(id.clone(), entry);
             ctx.spawn(
                 request
                     .into_actor(self)
-                    .map(move |result, act, ctx| match result {
-                        Ok(snapshot) => {
-                            let Some(entry) = act.workers.get_mut(&id) else {
-                                return;
-                            };
-                            let serving = snapshot.health.can_serve();
-                            let busy = snapshot.busy;
-                            entry.snapshot = snapshot;
-                            if retiring {
-                                return;
-                            }
-                            if serving {
-                                act.sched.add_worker(&id, busy);
-                                if !busy {
-                                    act.dispatch();
-                                }
-                            } else if entry.snapshot.health != Health::Starting {
-                                act.retire(&id, "unhealthy when adopted");
-                                act.ensure_workers(ctx);
-                            }
-                        }
-                        Err(_) => {
-                            // It stopped while nobody was listening; its request (if any) was
-                            // answered with a closed channel. Replace it.
-                            act.workers.remove(&id);
-                            act.sched.remove_worker(&id);
-                            act.ensure_workers(ctx);
-                        }
-                    }),
+                    .map(move |result, act, ctx| act.adopted(&id, result.ok(), ctx)),
             );
+        }
+        self.arm_timer(ctx);
+    }
+
+    fn adopted(&mut self, id: &str, snapshot: Option<WorkerSnapshot>, ctx: &mut Context<Self>) {
+        let Some(entry) = self.workers.get_mut(id) else {
+            return;
+        };
+        let Some(snapshot) = snapshot else {
+            // It stopped while nobody was listening. Replace it.
+            self.workers.remove(id);
+            self.sched.remove_worker(id);
+            self.ensure_workers(ctx);
+            return;
+        };
+        entry.health = snapshot.health;
+        entry.stuck = snapshot.stuck;
+        if snapshot.health.can_serve() {
+            self.sched.add_worker(
+                id,
+                snapshot.capacity,
+                snapshot.in_flight,
+                snapshot.limited_in_flight,
+            );
+            if entry.retiring.is_some() {
+                self.sched.drain(id);
+                self.maybe_stop_drained(id);
+            }
+            self.dispatch(ctx);
+        } else if snapshot.health == Health::Stopped {
+            // Gone before the handover; its exit event went to the predecessor.
+            if let Some(entry) = self.workers.remove(id) {
+                entry.addr.do_send(Release);
+            }
+            self.ensure_workers(ctx);
+        } else if snapshot.health != Health::Starting && entry.retiring.is_none() {
+            self.retire(id, "unhealthy when adopted".to_owned(), ctx);
+        }
+    }
+
+    fn health_check(&mut self) {
+        for entry in self.workers.values() {
+            if entry.retiring.is_none() && entry.health.can_serve() {
+                entry.addr.do_send(HealthCheck);
+            }
+        }
+    }
+
+    fn status(&self, snapshots: Vec<Option<WorkerSnapshot>>) -> PoolStatus {
+        let workers: Vec<WorkerSnapshot> = self
+            .workers
+            .iter()
+            .zip(snapshots)
+            .map(|((id, entry), snapshot)| {
+                let mut s = snapshot.unwrap_or_else(|| WorkerSnapshot {
+                    id: id.clone(),
+                    pid: entry.pid,
+                    health: entry.health,
+                    busy: false,
+                    in_flight: 0,
+                    limited_in_flight: 0,
+                    capacity: self.settings.capacity,
+                    stuck: entry.stuck,
+                    draining: false,
+                    session: None,
+                    stats: WorkerStats::default(),
+                    uptime_ms: 0,
+                    rss_bytes: None,
+                });
+                s.uptime_ms =
+                    u64::try_from(entry.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                s.draining = entry.retiring.is_some();
+                if s.draining && s.health.can_serve() {
+                    s.health = Health::Stopping;
+                }
+                s
+            })
+            .collect();
+        let mut samples: Vec<Duration> = self.latencies.iter().copied().collect();
+        samples.sort();
+        let pct = |p: f64| -> f64 {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+            samples[i].as_secs_f64() * 1000.0
+        };
+        PoolStatus {
+            size: self.config.size,
+            capacity: self.sched.capacity(),
+            in_flight: self.sched.in_flight(),
+            ready: self.ready_count(),
+            busy: workers.iter().filter(|w| w.busy).count(),
+            starting: self.starting_count(),
+            queue_depth: self.sched.queue_len(),
+            shutting_down: self.shutdown.is_some(),
+            workers,
+            totals: self.totals.clone(),
+            latency: LatencySummary {
+                samples: samples.len(),
+                p50_ms: pct(0.5),
+                p90_ms: pct(0.9),
+                p99_ms: pct(0.99),
+                max_ms: samples
+                    .last()
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0),
+            },
+            rate: self.sched.rate_status(Instant::now()),
+            last_start_error: if self.ready_count() < self.config.size {
+                self.startup.last_error().map(ToString::to_string)
+            } else {
+                None
+            },
         }
     }
 }
@@ -672,78 +936,13 @@ impl Actor for PoolManager {
         } else {
             Some(self.take_handover())
         };
-        if let Some(supervisor) = &self.supervisor {
-            supervisor.do_send(PoolStopped { handover });
-        } else if let Some(handover) = handover {
+        match (&self.supervisor, handover) {
+            (Some(supervisor), handover) => supervisor.do_send(PoolStopped { handover }),
             // No one to hand over to: make sure no process outlives us.
-            for (_, entry) in handover.workers {
-                entry.addr.do_send(Stop {
-                    graceful: Duration::ZERO,
-                    kill: self.settings.kill_timeout,
-                    done: None,
-                });
+            (None, Some(handover)) => {
+                handover.abandon(ActorError::ShuttingDown, self.settings.kill_timeout)
             }
-        }
-    }
-}
-
-impl PoolManager {
-    fn health_check(&mut self) {
-        for (id, entry) in &self.workers {
-            if !entry.retiring && self.sched.is_idle(id) {
-                entry.addr.do_send(HealthCheck);
-            }
-        }
-    }
-
-    fn status(&self) -> PoolStatus {
-        let mut workers: Vec<WorkerSnapshot> = self
-            .workers
-            .values()
-            .map(|e| {
-                let mut s = e.snapshot.clone();
-                s.uptime_ms = e.started.elapsed().as_millis() as u64;
-                s.rss_bytes = s.pid.and_then(process::rss_bytes);
-                if e.retiring && s.health.can_serve() {
-                    s.health = Health::Stopping;
-                }
-                s
-            })
-            .collect();
-        workers.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut samples: Vec<Duration> = self.latencies.iter().copied().collect();
-        samples.sort();
-        let pct = |p: f64| -> f64 {
-            if samples.is_empty() {
-                return 0.0;
-            }
-            let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-            samples[i].as_secs_f64() * 1000.0
-        };
-        PoolStatus {
-            size: self.config.size,
-            ready: self.ready_count(),
-            busy: self.workers.values().filter(|e| e.snapshot.busy).count(),
-            starting: self.starting_count(),
-            queue_depth: self.sched.queue_len(),
-            shutting_down: self.shutdown.is_some(),
-            workers,
-            totals: self.totals.clone(),
-            latency: LatencySummary {
-                samples: samples.len(),
-                p50_ms: pct(0.5),
-                p90_ms: pct(0.9),
-                p99_ms: pct(0.99),
-                max_ms: samples
-                    .last()
-                    .map(|d| d.as_secs_f64() * 1000.0)
-                    .unwrap_or(0.0),
-            },
-            last_start_error: if self.ready_count() == 0 {
-                self.last_start_error.as_ref().map(ToString::to_string)
-            } else {
-                None
-            },
+            (None, None) => {}
         }
     }
 }
@@ -765,11 +964,17 @@ impl Handler<Submit> for PoolManager {
             return;
         }
         self.totals.submitted += 1;
-        let deadline = Instant::now() + self.config.checkout_timeout;
-        match self.sched.submit(job.session_id.clone(), job, deadline) {
-            Submitted::Run { worker, job } => self.run(worker, job),
-            Submitted::Queued { .. } => self.arm_expiry(deadline, ctx),
-            Submitted::Busy { job, queued } => {
+        let now = Instant::now();
+        let session = job.session_id.clone();
+        let limited = job.limited;
+        let queued = if job.batch {
+            Queued::batch(session, job, limited)
+        } else {
+            Queued::interactive(session, job, now + self.config.checkout_timeout, limited)
+        };
+        match self.sched.submit(queued, now) {
+            Ok(()) => self.dispatch(ctx),
+            Err((job, queued)) => {
                 self.totals.rejected_busy += 1;
                 job.answer(Err(ActorError::PoolBusy { queued }));
             }
@@ -792,10 +997,41 @@ impl Handler<WaitReady> for PoolManager {
 }
 
 impl Handler<GetPoolStatus> for PoolManager {
-    type Result = MessageResult<GetPoolStatus>;
+    type Result = ResponseActFuture<Self, PoolStatus>;
 
     fn handle(&mut self, _: GetPoolStatus, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.status())
+        let asks: Vec<_> = self
+            .workers
+            .values()
+            .map(|entry| {
+                let ask = entry.addr.send(Snapshot);
+                async move {
+                    match tokio::time::timeout(SNAPSHOT_WAIT, ask).await {
+                        Ok(Ok(snapshot)) => Some(snapshot),
+                        _ => None,
+                    }
+                }
+            })
+            .collect();
+        let workers: Vec<String> = self.workers.keys().cloned().collect();
+        Box::pin(
+            futures::future::join_all(asks)
+                .into_actor(self)
+                .map(move |snapshots, act, _| {
+                    // Workers may have come or gone while we asked: match answers by id.
+                    let by_id: HashMap<String, WorkerSnapshot> = workers
+                        .into_iter()
+                        .zip(snapshots)
+                        .filter_map(|(id, s)| s.map(|s| (id, s)))
+                        .collect();
+                    let snapshots = act
+                        .workers
+                        .keys()
+                        .map(|id| by_id.get(id).cloned())
+                        .collect();
+                    act.status(snapshots)
+                }),
+        )
     }
 }
 

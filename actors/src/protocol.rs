@@ -12,7 +12,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::marker::PhantomData;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -62,6 +62,93 @@ pub struct WireError {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceback: Option<String>,
+    /// Any other fields of the error object (e.g. `retry_after` of a rate refusal), for the
+    /// layer that knows what they mean.
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+}
+
+impl WireError {
+    /// An error of `error_type` with `message` and nothing else.
+    pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        WireError {
+            error_type: error_type.into(),
+            message: message.into(),
+            traceback: None,
+            details: Map::new(),
+        }
+    }
+}
+
+/// A request as the host encodes it, borrowing its command and arguments so that the
+/// request the host keeps (for a retry) is never copied or taken apart.
+///
+/// `session_id`, when given, is added to an object `args` that does not have one, the way
+/// the bridge expects to find the session of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingRequest<'a> {
+    pub id: u64,
+    pub command: &'a str,
+    pub args: &'a Value,
+    pub session_id: Option<&'a str>,
+}
+
+impl Serialize for OutgoingRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("Request", 4)?;
+        out.serialize_field("id", &self.id)?;
+        out.serialize_field("command", self.command)?;
+        out.serialize_field(
+            "args",
+            &ArgsWithSession {
+                args: self.args,
+                session_id: self.session_id,
+            },
+        )?;
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        out.serialize_field("timestamp", &now.to_string())?;
+        out.end()
+    }
+}
+
+struct ArgsWithSession<'a> {
+    args: &'a Value,
+    session_id: Option<&'a str>,
+}
+
+impl Serialize for ArgsWithSession<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (self.args, self.session_id) {
+            (Value::Object(map), Some(session)) if !map.contains_key("session_id") => {
+                let mut out = serializer.serialize_map(Some(map.len() + 1))?;
+                for (key, value) in map {
+                    out.serialize_entry(key, value)?;
+                }
+                out.serialize_entry("session_id", session)?;
+                out.end()
+            }
+            (Value::Null, Some(session)) => {
+                let mut out = serializer.serialize_map(Some(1))?;
+                out.serialize_entry("session_id", session)?;
+                out.end()
+            }
+            (args, _) => args.serialize(serializer),
+        }
+    }
+}
+
+/// Encodes one whole frame (header and body) for `item`.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] when the body is over `max_frame` bytes (or the 4-byte limit),
+/// [`FrameError::Json`] when `item` cannot be serialised.
+pub fn encode_frame<T: Serialize>(item: &T, max_frame: usize) -> Result<bytes::Bytes, FrameError> {
+    let mut buf = BytesMut::new();
+    FrameCodec::<(), T>::new(max_frame).encode_ref(item, &mut buf)?;
+    Ok(buf.freeze())
 }
 
 /// Worker → host.
@@ -83,13 +170,21 @@ pub enum Response {
         id: u64,
         error: WireError,
     },
+    /// Not an answer: something the worker reports while request `id` runs (progress, for
+    /// instance). On the wire `{"id", "event"}` with no `success`.
+    Event {
+        id: u64,
+        event: Value,
+    },
 }
 
 impl Response {
-    /// The id of the request this answers.
+    /// The id of the request this answers (or reports on).
     pub fn id(&self) -> u64 {
         match self {
-            Response::Success { id, .. } | Response::Failure { id, .. } => *id,
+            Response::Success { id, .. }
+            | Response::Failure { id, .. }
+            | Response::Event { id, .. } => *id,
         }
     }
 
@@ -116,6 +211,12 @@ struct FailureOut<'a> {
     error: &'a WireError,
 }
 
+#[derive(Serialize)]
+struct EventOut<'a> {
+    id: u64,
+    event: &'a Value,
+}
+
 impl Serialize for Response {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -136,6 +237,7 @@ impl Serialize for Response {
                 error,
             }
             .serialize(serializer),
+            Response::Event { id, event } => EventOut { id: *id, event }.serialize(serializer),
         }
     }
 }
@@ -149,6 +251,8 @@ struct WireErrorIn {
     message: String,
     #[serde(default)]
     traceback: Option<String>,
+    #[serde(flatten)]
+    details: Map<String, Value>,
 }
 
 impl<'de> Deserialize<'de> for Response {
@@ -162,6 +266,11 @@ impl<'de> Deserialize<'de> for Response {
             .get("id")
             .and_then(Value::as_u64)
             .ok_or_else(|| D::Error::custom("response has no unsigned integer `id`"))?;
+        if !map.contains_key("success") {
+            if let Some(event) = map.remove("event") {
+                return Ok(Response::Event { id, event });
+            }
+        }
         let success = map
             .get("success")
             .and_then(Value::as_bool)
@@ -174,11 +283,7 @@ impl<'de> Deserialize<'de> for Response {
             });
         }
         let error = match map.remove("error") {
-            Some(Value::String(message)) => WireError {
-                error_type: "Error".to_owned(),
-                message,
-                traceback: None,
-            },
+            Some(Value::String(message)) => WireError::new("Error", message),
             Some(obj @ Value::Object(_)) => {
                 let e = WireErrorIn::deserialize(obj)
                     .map_err(|e| D::Error::custom(format!("bad `error` object: {e}")))?;
@@ -186,6 +291,7 @@ impl<'de> Deserialize<'de> for Response {
                     error_type: e.error_type.unwrap_or_else(|| "Error".to_owned()),
                     message: e.message,
                     traceback: e.traceback,
+                    details: e.details,
                 }
             }
             None | Some(Value::Null) => {
@@ -428,11 +534,7 @@ mod tests {
             r,
             Response::Failure {
                 id: 4,
-                error: WireError {
-                    error_type: "Error".into(),
-                    message: "boom".into(),
-                    traceback: None
-                }
+                error: WireError::new("Error", "boom")
             }
         );
     }
@@ -470,6 +572,85 @@ mod tests {
     }
 
     #[test]
+    fn extra_error_fields_are_kept_as_details() {
+        let r = decode_response(
+            r#"{"id": 6, "success": false, "error": {"type": "RateLimited", "message": "m", "retry_after": 2.5}}"#,
+        )
+        .unwrap();
+        let Response::Failure { error, .. } = r else {
+            panic!("expected failure")
+        };
+        assert_eq!(error.details.get("retry_after"), Some(&json!(2.5)));
+        assert_eq!(
+            serde_json::to_value(&error).unwrap(),
+            json!({"type": "RateLimited", "message": "m", "retry_after": 2.5})
+        );
+    }
+
+    #[test]
+    fn an_event_frame_is_not_an_answer() {
+        let r = decode_response(r#"{"id": 7, "event": {"kind": "progress", "n": 1}}"#).unwrap();
+        assert_eq!(
+            r,
+            Response::Event {
+                id: 7,
+                event: json!({"kind": "progress", "n": 1})
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id": 7, "event": {"kind": "progress", "n": 1}})
+        );
+    }
+
+    #[test]
+    fn outgoing_request_adds_the_session_without_copying_or_overriding() {
+        let args = json!({"x": 1});
+        let body = |session, args: &Value| {
+            let out = OutgoingRequest {
+                id: 3,
+                command: "c",
+                args,
+                session_id: session,
+            };
+            let v = serde_json::to_value(out).unwrap();
+            assert_eq!(
+                (v["id"].clone(), v["command"].clone()),
+                (json!(3), json!("c"))
+            );
+            assert!(humantime::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_ok());
+            v["args"].clone()
+        };
+        assert_eq!(body(None, &args), json!({"x": 1}));
+        assert_eq!(body(Some("s"), &args), json!({"x": 1, "session_id": "s"}));
+        assert_eq!(
+            body(Some("s"), &json!({"session_id": "mine"})),
+            json!({"session_id": "mine"})
+        );
+        assert_eq!(body(Some("s"), &Value::Null), json!({"session_id": "s"}));
+        assert_eq!(body(Some("s"), &json!([1])), json!([1]));
+        assert_eq!(args, json!({"x": 1}), "the caller's args are untouched");
+    }
+
+    #[test]
+    fn encode_frame_refuses_a_body_over_the_limit() {
+        let args = json!({"blob": "x".repeat(100)});
+        let out = OutgoingRequest {
+            id: 1,
+            command: "c",
+            args: &args,
+            session_id: None,
+        };
+        assert!(matches!(
+            encode_frame(&out, 64),
+            Err(FrameError::TooLarge { max: 64, .. })
+        ));
+        let frame = encode_frame(&out, 4096).unwrap();
+        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len + HEADER_LEN, frame.len());
+    }
+
+    #[test]
     fn non_numeric_timestamp_is_ignored() {
         let r = decode_response(r#"{"id": 1, "success": true, "result": 1, "timestamp": "x"}"#)
             .unwrap();
@@ -487,11 +668,7 @@ mod tests {
     fn failure_serialises_in_wire_form() {
         let r = Response::Failure {
             id: 9,
-            error: WireError {
-                error_type: "T".into(),
-                message: "m".into(),
-                traceback: None,
-            },
+            error: WireError::new("T", "m"),
         };
         assert_eq!(
             serde_json::to_value(&r).unwrap(),

@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::config::SessionConfig;
 use crate::error::ActorError;
 
-pub use table::{Session, SessionInfo, SessionMetrics, SessionTable};
+pub use table::{SessionInfo, SessionMetrics, SessionRecord, SessionTable};
 
 /// The actor that owns the [`SessionTable`].
 ///
@@ -249,7 +249,7 @@ pub struct GetState {
 /// Stops the registry; its table then goes out in [`RegistryStopped`].
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct StopRegistry;
 
 /// Fault injection for supervision tests: the handler panics.
 #[doc(hidden)]
@@ -369,10 +369,10 @@ impl Handler<GetState> for SessionRegistry {
     }
 }
 
-impl Handler<Shutdown> for SessionRegistry {
+impl Handler<StopRegistry> for SessionRegistry {
     type Result = ();
 
-    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: StopRegistry, ctx: &mut Self::Context) {
         log::debug!("session registry asked to shut down");
         ctx.stop();
     }

@@ -7,26 +7,35 @@
 //! runs even while a panic unwinds, and hand their state over in that message: the
 //! registry's sessions and the pool's workers and queue move to the successor, never shared.
 
-use std::collections::VecDeque;
+mod intensity;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ActorsConfig;
-use crate::error::ActorError;
+use crate::error::{ActorError, Classifier, ErrorClassifier};
 use crate::launcher::WorkerLauncher;
+pub use crate::pool::RunHealthCheck;
 use crate::pool::{
-    ForgetSessions, GetPoolStatus, PoolManager, PoolStatus, PoolStopped, ShutdownPool, Submit,
-    WaitReady,
+    Crash, ForgetSessions, GetPoolStatus, PoolHandover, PoolManager, PoolStatus, PoolStopped,
+    ShutdownPool, Submit, WaitReady,
 };
 use crate::session::{
     self, RegistryStopped, SessionMetrics, SessionRegistry, SessionTable, SessionsEnded,
 };
-use crate::worker::{Job, Reply, Stop};
+use crate::worker::{Job, Rescue};
+use intensity::RestartIntensity;
+
+/// The reply channel of one request.
+pub type Reply = oneshot::Sender<Result<Value, ActorError>>;
+
+/// Where the events a worker reports while a request runs (progress, for instance) go.
+pub type EventSender = mpsc::UnboundedSender<Value>;
 
 /// System health (DESIGN.md "One status vocabulary").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,16 +90,89 @@ pub struct RestartCounts {
     pub registry: u32,
 }
 
-/// Run a command on some worker. `session_id` tracks/touches that session and prefers
-/// the worker that served it last. The answer arrives on `reply`.
+/// How long a worker may take to answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestTimeout {
+    /// `pool.request_timeout`.
+    #[default]
+    Default,
+    /// This long.
+    After(Duration),
+    /// No limit (a long optimization, say).
+    Never,
+}
+
+/// Run a command on some worker. The answer arrives on `reply`.
+///
+/// `session_id` keeps that session alive (touching it, without waiting for the registry)
+/// and prefers the worker that served it last. An interactive request (the default) waits
+/// in the pool's queue at most `pool.checkout_timeout` and is refused when `pool.max_queue`
+/// requests already wait; a `batch` request waits for capacity as long as it takes (its
+/// caller bounds how many it sends). A `limited` request counts against the pool-wide rate
+/// control (`lm.max_in_flight`, refusals for rate, `lm.requests_per_minute`).
+///
+/// # Examples
+///
+/// ```
+/// use dspex_actors::{Execute, RequestTimeout};
+/// let (reply, _answer) = tokio::sync::oneshot::channel();
+/// let msg = Execute::new("echo", serde_json::json!({"x": 1}), reply).batch().limited();
+/// assert!(msg.batch && msg.limited);
+/// assert_eq!(msg.timeout, RequestTimeout::Default);
+/// ```
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Execute {
     pub command: String,
     pub args: Value,
     pub session_id: Option<String>,
-    pub timeout: Option<Duration>,
+    pub timeout: RequestTimeout,
+    pub batch: bool,
+    pub limited: bool,
+    /// Receives the events the worker reports while this request runs.
+    pub events: Option<EventSender>,
     pub reply: Reply,
+}
+
+impl Execute {
+    /// An interactive, unlimited request without a session.
+    pub fn new(command: impl Into<String>, args: Value, reply: Reply) -> Self {
+        Execute {
+            command: command.into(),
+            args,
+            session_id: None,
+            timeout: RequestTimeout::Default,
+            batch: false,
+            limited: false,
+            events: None,
+            reply,
+        }
+    }
+
+    pub fn session(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: RequestTimeout) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn batch(mut self) -> Self {
+        self.batch = true;
+        self
+    }
+
+    pub fn limited(mut self) -> Self {
+        self.limited = true;
+        self
+    }
+
+    pub fn events(mut self, events: EventSender) -> Self {
+        self.events = Some(events);
+        self
+    }
 }
 
 /// Forward a SessionRegistry message (`Track`, `End`, `List`, ...) to the current registry.
@@ -119,7 +201,7 @@ pub struct AwaitReady {
 /// Graceful shutdown of the whole tree; answers when no worker process remains.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown {
+pub struct ShutdownSystem {
     pub graceful: Duration,
 }
 
@@ -150,9 +232,10 @@ pub struct Supervisor {
     config: ActorsConfig,
     name: String,
     launcher: Arc<dyn WorkerLauncher>,
+    classifier: Classifier,
     pool: Option<Addr<PoolManager>>,
     registry: Option<Addr<SessionRegistry>>,
-    restarts: VecDeque<Instant>,
+    intensity: RestartIntensity,
     counts: RestartCounts,
     state: State,
     // Messages that arrived while a child was between death and restart.
@@ -162,15 +245,26 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// `name` prefixes worker ids and log lines; it must be unique per system only for
-    /// readable logs, nothing is registered under it.
-    pub fn new(name: String, config: ActorsConfig, launcher: Arc<dyn WorkerLauncher>) -> Self {
+    /// readable logs, nothing is registered under it. `launcher` starts workers;
+    /// `classifier` says what the errors they report mean (use
+    /// [`WorkerFaults`](crate::WorkerFaults) when no error is special).
+    pub fn new(
+        name: String,
+        config: ActorsConfig,
+        launcher: Arc<dyn WorkerLauncher>,
+        classifier: impl ErrorClassifier,
+    ) -> Self {
         Supervisor {
+            intensity: RestartIntensity::new(
+                config.supervisor.max_restarts,
+                config.supervisor.max_window,
+            ),
             config,
             name,
             launcher,
+            classifier: Arc::new(classifier),
             pool: None,
             registry: None,
-            restarts: VecDeque::new(),
             counts: RestartCounts::default(),
             state: State::Running,
             pool_backlog: Vec::new(),
@@ -186,13 +280,12 @@ impl Supervisor {
         }
     }
 
-    fn start_pool(&mut self, handover: Option<crate::pool::PoolHandover>, ctx: &mut Context<Self>) {
+    fn start_pool(&mut self, handover: Option<PoolHandover>, ctx: &mut Context<Self>) {
         let pool = PoolManager::new(
             self.name.clone(),
-            self.config.pool.clone(),
-            self.config.worker.clone(),
-            self.config.shutdown.clone(),
-            self.launcher.clone(),
+            &self.config,
+            Arc::clone(&self.launcher),
+            Arc::clone(&self.classifier),
             Some(ctx.address().recipient()),
             handover,
         )
@@ -233,21 +326,6 @@ impl Supervisor {
         }
     }
 
-    /// Record a restart; false once the intensity limit is passed.
-    fn allow_restart(&mut self) -> bool {
-        let now = Instant::now();
-        let window = self.config.supervisor.max_window;
-        while self
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            self.restarts.pop_front();
-        }
-        self.restarts.push_back(now);
-        self.restarts.len() as u32 <= self.config.supervisor.max_restarts
-    }
-
     fn fail(&mut self, why: String) {
         log::error!("system {}: {why}; giving up", self.name);
         self.state = State::Failed(why);
@@ -259,7 +337,7 @@ impl Supervisor {
             });
         }
         if let Some(registry) = self.registry.take() {
-            registry.do_send(session::Shutdown);
+            registry.do_send(session::StopRegistry);
         }
         // Deferred messages hold reply channels; dropping them answers their callers
         // with a closed channel, which the handle reports as this failure.
@@ -284,7 +362,7 @@ impl Handler<PoolStopped> for Supervisor {
     fn handle(&mut self, msg: PoolStopped, ctx: &mut Self::Context) {
         self.pool = None;
         let Some(handover) = msg.handover else { return };
-        if self.state == State::Running && self.allow_restart() {
+        if self.state == State::Running && self.intensity.allow(Instant::now()) {
             self.counts.pool += 1;
             log::warn!(
                 "system {}: PoolManager stopped unexpectedly; restarting it",
@@ -315,7 +393,7 @@ impl Handler<RegistryStopped> for Supervisor {
         if self.state != State::Running {
             return;
         }
-        if self.allow_restart() {
+        if self.intensity.allow(Instant::now()) {
             self.counts.registry += 1;
             log::warn!(
                 "system {}: SessionRegistry stopped unexpectedly; restarting it with {} sessions",
@@ -350,45 +428,48 @@ impl Handler<Execute> for Supervisor {
             let _ = msg.reply.send(Err(error));
             return;
         }
+        let timeout = match msg.timeout {
+            RequestTimeout::Default => Some(self.config.pool.request_timeout),
+            RequestTimeout::After(d) => Some(d),
+            RequestTimeout::Never => None,
+        };
+        if let Some(session_id) = &msg.session_id {
+            // Keep the session alive without waiting: sessions are tracked when they open,
+            // so a request need not wait for the registry before it runs.
+            let touch = session::Touch {
+                session_id: session_id.clone(),
+                create: true,
+            };
+            self.with_registry(move |registry| registry.do_send(touch));
+        }
         let job = Job {
             command: msg.command,
             args: msg.args,
             session_id: msg.session_id,
-            timeout: msg.timeout.unwrap_or(self.config.pool.request_timeout),
+            timeout,
+            batch: msg.batch,
+            limited: msg.limited,
             attempt: 0,
+            throttles: 0,
+            counted_throttles: 0,
+            ticket: None,
             submitted: Instant::now(),
-            reply: msg.reply,
+            events: msg.events,
+            reply: Some(msg.reply),
+            rescue: Some(ctx.address().recipient()),
+            rescues: 0,
         };
-        if let Some(session_id) = job.session_id.clone() {
-            // Using a session tracks it (or keeps it alive) before the request runs, so
-            // `session.max_sessions` applies and the sweep sees it as active.
-            let (tx, rx) = oneshot::channel();
-            self.with_registry(move |registry| {
-                let touch = registry.send(session::Touch {
-                    session_id,
-                    create: true,
-                });
-                actix::spawn(async move {
-                    let _ = tx.send(touch.await);
-                });
-            });
-            let pool_job = async move {
-                match rx.await {
-                    Ok(Ok(Ok(()))) => Ok(job),
-                    Ok(Ok(Err(e))) => Err((job, e)),
-                    _ => Err((job, ActorError::ShuttingDown)),
-                }
-            };
-            ctx.spawn(
-                pool_job
-                    .into_actor(self)
-                    .map(|result, act, _| match result {
-                        Ok(job) => act.with_pool(move |pool| pool.do_send(Submit(job))),
-                        Err((job, e)) => job.answer(Err(e)),
-                    }),
-            );
-        } else {
-            self.with_pool(move |pool| pool.do_send(Submit(job)));
+        self.with_pool(move |pool| pool.do_send(Submit(job)));
+    }
+}
+
+impl Handler<Rescue> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Rescue(job): Rescue, _ctx: &mut Self::Context) {
+        match self.refuse() {
+            Some(error) => job.answer(Err(error)),
+            None => self.with_pool(move |pool| pool.do_send(Submit(job))),
         }
     }
 }
@@ -541,10 +622,10 @@ impl Handler<GetStatus> for Supervisor {
     }
 }
 
-impl Handler<Shutdown> for Supervisor {
+impl Handler<ShutdownSystem> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ShutdownSystem, _ctx: &mut Self::Context) -> Self::Result {
         if self.state == State::Running {
             self.state = State::ShuttingDown;
         }
@@ -566,7 +647,7 @@ impl Handler<Shutdown> for Supervisor {
             .into_actor(self)
             .map(|_, act, _| {
                 if let Some(registry) = act.registry.take() {
-                    registry.do_send(session::Shutdown);
+                    registry.do_send(session::StopRegistry);
                 }
             }),
         )
@@ -578,32 +659,13 @@ impl Handler<InjectCrash> for Supervisor {
 
     fn handle(&mut self, InjectCrash(target): InjectCrash, _ctx: &mut Self::Context) {
         match target {
-            CrashTarget::Pool => self.with_pool(|pool| pool.do_send(crate::pool::Crash)),
+            CrashTarget::Pool => self.with_pool(|pool| pool.do_send(Crash)),
             CrashTarget::Registry => {
                 self.with_registry(|registry| registry.do_send(session::Crash))
             }
         }
     }
 }
-
-impl crate::pool::PoolHandover {
-    /// Nobody will take these workers over: answer queued requests with `error` and stop
-    /// every worker process.
-    pub(crate) fn abandon(mut self, error: ActorError, kill: Duration) {
-        for (_, job, _) in std::mem::take(&mut self.queue) {
-            job.answer(Err(error.clone()));
-        }
-        for addr in self.worker_addrs() {
-            addr.do_send(Stop {
-                graceful: Duration::ZERO,
-                kill,
-                done: None,
-            });
-        }
-    }
-}
-
-pub use crate::pool::RunHealthCheck;
 
 impl Handler<RunHealthCheck> for Supervisor {
     type Result = ();

@@ -11,15 +11,16 @@
 
 use crate::error::ActorError;
 use crate::launcher::WorkerLauncher;
+use crate::launcher::{BoxRead, Connection, LogStream};
 use crate::protocol::{FrameCodec, Request, Response, WireError, DEFAULT_MAX_FRAME};
-use crate::worker::transport::{BoxRead, Connection, LogStream};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// Capacity of each in-memory pipe. Small enough that a large frame exercises
@@ -33,16 +34,23 @@ pub enum FakeAction {
     Reply(Value),
     /// Answer with a failure of this type and message.
     Fail { error_type: String, message: String },
-    /// Never answer this or any later request, like a Python process stuck in a call. The
-    /// fake still ends when its request stream is closed, so nothing leaks.
+    /// Answer with this structured error (extra fields included).
+    Error(WireError),
+    /// Never answer this request, like a call stuck in Python; other requests are still
+    /// answered. The fake still ends when its request stream is closed or it dies.
     Hang,
+    /// Never answer anything again, this request or any other, like a process that was
+    /// stopped (SIGSTOP). The fake still ends when its request stream is closed.
+    Freeze,
     /// Drop every pipe end at once without answering, like a crashed process.
     Die,
     /// Write these bytes to the response stream as they are (no framing added).
     Raw(Vec<u8>),
-    /// Wait, then do the inner action. The fake handles requests one at a time, as the
-    /// Python worker does, so later requests wait too.
+    /// Wait, then do the inner action. Requests run concurrently, as in the Python worker,
+    /// so a delay holds up only this request.
     Delay(Duration, Box<FakeAction>),
+    /// Send an event frame for this request, then do the inner action.
+    Emit(Value, Box<FakeAction>),
     /// Answer with success, then end as a worker does after `shutdown`.
     ReplyAndExit(Value),
     /// Write `line` to the fake's stdout or stderr log stream, then do `then`.
@@ -65,6 +73,11 @@ impl FakeAction {
     /// `then`, after waiting `delay`.
     pub fn delay(delay: Duration, then: FakeAction) -> Self {
         FakeAction::Delay(delay, Box::new(then))
+    }
+
+    /// `then`, after sending `event` as an event frame of the request.
+    pub fn emit(event: Value, then: FakeAction) -> Self {
+        FakeAction::Emit(event, Box::new(then))
     }
 
     /// `then`, after printing `line` to the given log stream.
@@ -117,6 +130,8 @@ type LaunchFilter = dyn Fn(usize) -> bool + Send + Sync;
 struct Shared {
     launches: AtomicUsize,
     requests: AtomicUsize,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
     log: Mutex<Vec<(String, Request)>>,
 }
 
@@ -201,6 +216,11 @@ impl InMemoryLauncher {
         self.shared.launches.load(Ordering::SeqCst)
     }
 
+    /// The most requests any fake workers were handling at the same moment, together.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak.load(Ordering::SeqCst)
+    }
+
     /// How many requests reached any fake worker.
     pub fn requests_received(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
@@ -262,11 +282,27 @@ impl WorkerLauncher for InMemoryLauncher {
     }
 }
 
-/// What the fake does after one action.
-enum Next {
-    Continue,
-    Hang,
+/// What the fake's writer task sends.
+enum Out {
+    Frame(Response),
+    Raw(Vec<u8>),
+    /// End the worker as a worker does after `shutdown`.
     Exit,
+}
+
+/// State the fake's request tasks share.
+struct Running {
+    worker_id: String,
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<Out>,
+    stdout: Arc<tokio::sync::Mutex<DuplexStream>>,
+    stderr: Arc<tokio::sync::Mutex<DuplexStream>>,
+    /// Set by `Die`: every task and pipe of this worker ends at once.
+    dead: watch::Sender<bool>,
+    /// Set by `Freeze`: nothing more is answered, as with a stopped process.
+    frozen: AtomicBool,
+    /// Requests still expected to answer (hung ones are not).
+    active: watch::Sender<usize>,
 }
 
 struct FakeWorker {
@@ -281,10 +317,29 @@ type Requests = FramedRead<DuplexStream, FrameCodec<Request, Response>>;
 type Responses = FramedWrite<DuplexStream, FrameCodec<Request, Response>>;
 
 impl FakeWorker {
-    async fn run(mut self, mut requests: Requests, mut responses: Responses) {
+    /// Reads requests and runs each in its own task, as the concurrent Python worker does;
+    /// one writer task sends the answers whole, in the order they are ready.
+    async fn run(self, mut requests: Requests, responses: Responses) {
         let id = self.worker_id.clone();
-        let mut hung = false;
-        while let Some(frame) = requests.next().await {
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (dead, mut dead_rx) = watch::channel(false);
+        let running = Arc::new(Running {
+            worker_id: id.clone(),
+            shared: Arc::clone(&self.shared),
+            out,
+            stdout: Arc::new(tokio::sync::Mutex::new(self.stdout)),
+            stderr: Arc::new(tokio::sync::Mutex::new(self.stderr)),
+            dead,
+            frozen: AtomicBool::new(false),
+            active: watch::channel(0).0,
+        });
+        let writer = tokio::spawn(write_answers(Arc::clone(&running), responses, out_rx));
+        loop {
+            let frame = tokio::select! {
+                frame = requests.next() => frame,
+                _ = dead_rx.wait_for(|d| *d) => break,
+            };
+            let Some(frame) = frame else { break };
             let req = match frame {
                 Ok(req) => req,
                 Err(e) => {
@@ -294,27 +349,75 @@ impl FakeWorker {
                 }
             };
             self.shared.record(&id, &req);
-            if hung {
+            if running.frozen.load(Ordering::SeqCst) {
                 continue;
             }
             let action = (self.script)(&id, &req);
-            match self.perform(action, &req, &mut responses).await {
-                Next::Continue => {}
-                Next::Hang => hung = true,
-                Next::Exit => break,
-            }
+            // Counted before the task runs, so an end of stream right after waits for it.
+            running.active.send_modify(|n| *n += 1);
+            tokio::spawn(Arc::clone(&running).perform(action, req));
         }
+        // End of the request stream (or death): like the Python worker, answer what is in
+        // flight, then exit; a death ends everything at once.
+        drop(requests);
+        let mut active = running.active.subscribe();
+        tokio::select! {
+            _ = active.wait_for(|n| *n == 0) => {}
+            _ = dead_rx.wait_for(|d| *d) => {}
+        }
+        let _ = running.out.send(Out::Exit);
+        let _ = writer.await;
+        let _ = running.dead.send(true);
         log::debug!("fake worker {id}: exiting");
     }
+}
 
-    async fn perform(
-        &mut self,
-        mut action: FakeAction,
-        req: &Request,
-        out: &mut Responses,
-    ) -> Next {
+async fn write_answers(
+    running: Arc<Running>,
+    mut responses: Responses,
+    mut out: mpsc::UnboundedReceiver<Out>,
+) {
+    let mut dead = running.dead.subscribe();
+    loop {
+        let next = tokio::select! {
+            next = out.recv() => next,
+            _ = dead.wait_for(|d| *d) => return,
+        };
+        let sent = match next {
+            None | Some(Out::Exit) => {
+                let _ = running.dead.send(true);
+                return;
+            }
+            Some(_) if running.frozen.load(Ordering::SeqCst) => continue,
+            Some(Out::Frame(response)) => responses.send(response).await.is_ok(),
+            Some(Out::Raw(bytes)) => {
+                let sink = responses.get_mut();
+                sink.write_all(&bytes).await.is_ok() && sink.flush().await.is_ok()
+            }
+        };
+        if !sent {
+            log::debug!("fake worker {}: cannot answer, exiting", running.worker_id);
+            let _ = running.dead.send(true);
+            return;
+        }
+    }
+}
+
+impl Running {
+    async fn perform(self: Arc<Self>, action: FakeAction, req: Request) {
+        let mut dead = self.dead.subscribe();
+        let in_flight = self.shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.peak.fetch_max(in_flight, Ordering::SeqCst);
+        tokio::select! {
+            _ = self.act(action, &req) => self.active.send_modify(|n| *n -= 1),
+            _ = dead.wait_for(|d| *d) => {}
+        }
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn act(&self, mut action: FakeAction, req: &Request) {
         loop {
-            let (response, then) = match action {
+            let out = match action {
                 FakeAction::Delay(delay, next) => {
                     tokio::time::sleep(delay).await;
                     action = *next;
@@ -322,50 +425,55 @@ impl FakeWorker {
                 }
                 FakeAction::Print { stream, line, then } => {
                     let pipe = match stream {
-                        LogStream::Stdout => &mut self.stdout,
-                        LogStream::Stderr => &mut self.stderr,
+                        LogStream::Stdout => &self.stdout,
+                        LogStream::Stderr => &self.stderr,
                     };
                     // Nobody reading the logs is not the fake's problem.
-                    let _ = pipe.write_all(format!("{line}\n").as_bytes()).await;
+                    let _ = pipe
+                        .lock()
+                        .await
+                        .write_all(format!("{line}\n").as_bytes())
+                        .await;
                     action = *then;
                     continue;
                 }
-                FakeAction::Hang => return Next::Hang,
-                FakeAction::Die => return Next::Exit,
-                FakeAction::Raw(bytes) => {
-                    let sink = out.get_mut();
-                    if sink.write_all(&bytes).await.is_err() || sink.flush().await.is_err() {
-                        return Next::Exit;
-                    }
-                    return Next::Continue;
+                FakeAction::Emit(event, then) => {
+                    let _ = self
+                        .out
+                        .send(Out::Frame(Response::Event { id: req.id, event }));
+                    action = *then;
+                    continue;
                 }
-                FakeAction::Reply(result) => (success(req.id, result), Next::Continue),
-                FakeAction::ReplyAndExit(result) => (success(req.id, result), Next::Exit),
+                FakeAction::Hang => {
+                    self.active.send_modify(|n| *n -= 1);
+                    return std::future::pending().await;
+                }
+                FakeAction::Freeze => {
+                    self.frozen.store(true, Ordering::SeqCst);
+                    self.active.send_modify(|n| *n -= 1);
+                    return std::future::pending().await;
+                }
+                FakeAction::Die => {
+                    let _ = self.dead.send(true);
+                    return;
+                }
+                FakeAction::Raw(bytes) => Out::Raw(bytes),
+                FakeAction::Reply(result) => Out::Frame(success(req.id, result)),
+                FakeAction::ReplyAndExit(result) => {
+                    let _ = self.out.send(Out::Frame(success(req.id, result)));
+                    Out::Exit
+                }
                 FakeAction::Fail {
                     error_type,
                     message,
-                } => (
-                    Response::Failure {
-                        id: req.id,
-                        error: WireError {
-                            error_type,
-                            message,
-                            traceback: None,
-                        },
-                    },
-                    Next::Continue,
-                ),
+                } => Out::Frame(Response::Failure {
+                    id: req.id,
+                    error: WireError::new(error_type, message),
+                }),
+                FakeAction::Error(error) => Out::Frame(Response::Failure { id: req.id, error }),
             };
-            return match out.send(response).await {
-                Ok(()) => then,
-                Err(e) => {
-                    log::debug!(
-                        "fake worker {}: cannot answer, exiting: {e}",
-                        self.worker_id
-                    );
-                    Next::Exit
-                }
-            };
+            let _ = self.out.send(out);
+            return;
         }
     }
 }
@@ -389,7 +497,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     type HostRead = FramedRead<BoxRead, FrameCodec<Response, Request>>;
-    type HostWrite = FramedWrite<crate::worker::transport::BoxWrite, FrameCodec<Response, Request>>;
+    type HostWrite = FramedWrite<crate::launcher::BoxWrite, FrameCodec<Response, Request>>;
 
     fn connect(launcher: &InMemoryLauncher, worker_id: &str) -> (HostWrite, HostRead, Connection) {
         let mut conn = launcher.launch(worker_id).unwrap();
@@ -496,7 +604,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hung_worker_records_later_requests_but_never_answers_and_ends_on_close() {
+    async fn hung_request_is_never_answered_but_others_are_and_the_fake_ends_on_close() {
         let launcher = InMemoryLauncher::with_script(|_, req| match req.command.as_str() {
             "hang" => FakeAction::Hang,
             _ => FakeAction::Reply(json!(null)),
@@ -505,7 +613,12 @@ mod tests {
         tx.send(Request::new(1, "hang", json!({}))).await.unwrap();
         tx.send(Request::new(2, "ping", json!({}))).await.unwrap();
         drop(tx);
-        // The response stream ends (the fake exits on close) with no answer at all.
+        // The ping is answered (requests run concurrently), the hung request never; the
+        // response stream then ends (the fake exits on close).
+        assert!(matches!(
+            rx.next().await,
+            Some(Ok(Response::Success { id: 2, .. }))
+        ));
         assert!(rx.next().await.is_none());
         let ids: Vec<u64> = launcher.requests().iter().map(|(_, r)| r.id).collect();
         assert_eq!(ids, [1, 2]);

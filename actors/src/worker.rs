@@ -1,81 +1,155 @@
 //! The Worker actor: owns one worker process (or in-memory stand-in), speaks the wire
-//! protocol with it, and answers each caller directly on the caller's oneshot channel.
+//! protocol with it, runs up to `pool.worker_concurrency` requests on it at once, and
+//! answers each caller directly on the caller's oneshot channel.
 //!
 //! The PoolManager decides *which* worker runs a request; the Worker does the talking:
-//! handshake, id correlation, the request timeout (a timed-out worker is killed, since
-//! Python cannot be interrupted safely, so a late reply can never reach anyone), logging
-//! of the child's output, crash detection and the stop ladder.
+//! handshake, id correlation of out-of-order answers, event frames, the request timeout,
+//! logging of the child's output, crash detection and the stop ladder. A request past its
+//! timeout is answered at once, but its slot stays taken until the process answers it or
+//! is recycled (Python cannot be interrupted safely); when stuck slots fill half of the
+//! worker, the pool drains and replaces it.
+//!
+//! A Worker whose process is gone stays alive (answering nothing, handing back any request
+//! that still reaches it) until the pool sends [`Release`]: the pool's messages to it are
+//! then never lost in a closed mailbox.
 
-pub mod process;
-pub mod state;
-pub mod transport;
+pub(crate) mod process;
+mod state;
+pub(crate) mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
-use crate::error::{ActorError, TimeoutStage};
+use crate::error::{ActorError, Classifier, Disposition, TimeoutStage};
 use crate::launcher::WorkerLauncher;
-use crate::protocol::{FrameCodec, FrameError, Request, Response};
+use crate::pool::rate::Ticket;
+use crate::protocol::{encode_frame, FrameCodec, FrameError, OutgoingRequest, Request, Response};
+use crate::supervisor::{EventSender, Reply};
 use process::ChildProcess;
-pub use state::{Checkin, CheckinOutcome, Health, WorkerState, WorkerStats};
+pub(crate) use state::RetireRule;
+use state::{Checkin, CheckinOutcome, WorkerState};
+pub use state::{Health, WorkerStats};
 use transport::{LogStream, LogTail};
 
-/// Python error types that say nothing about the worker's own health: the worker
-/// answered correctly, the cause is the LM provider or the caller. Counting them toward
-/// `pool.remove_after` would replace healthy workers over and over during, say, a run
-/// whose API key is wrong.
-pub const CALLER_ERROR_TYPES: &[&str] = &[
-    "LMError",
-    "ProgramNotFound",
-    "ProgramExists",
-    "UnknownCommand",
-    "InvalidRequest",
-];
+/// How long a worker whose process is gone waits for the pool's [`Release`] before it
+/// stops by itself (the pool may be gone too).
+const RELEASE_FALLBACK: Duration = Duration::from_secs(10);
 
-/// The reply channel of one request.
-pub type Reply = oneshot::Sender<Result<Value, ActorError>>;
-
-/// One request on its way to a worker.
-#[derive(Debug)]
-pub struct Job {
+/// One request on its way to a worker. It stays whole until answered: a retry after a
+/// crash sends exactly the command and arguments the caller gave.
+///
+/// A job is never lost with a dead actor's mailbox: dropped without an answer (its
+/// message was still queued when the PoolManager or a Worker stopped), it sends itself to
+/// its `rescue` recipient, the Supervisor, which submits it again.
+pub(crate) struct Job {
     pub command: String,
     pub args: Value,
     pub session_id: Option<String>,
-    /// How long the worker may take to answer.
-    pub timeout: Duration,
-    /// How many times this request was already retried after a worker crash.
+    /// How long the worker may take to answer; `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// Waits for capacity without a checkout deadline or a queue bound.
+    pub batch: bool,
+    /// Counts against the pool-wide rate control.
+    pub limited: bool,
+    /// Retries so far after a worker died with it.
     pub attempt: u32,
+    /// Rate refusals so far, and those that counted against `rate.num_retries`.
+    pub throttles: u32,
+    pub counted_throttles: u32,
+    /// The rate limiter's record of this request's current dispatch.
+    pub ticket: Option<Ticket>,
     pub submitted: Instant,
-    pub reply: Reply,
+    pub events: Option<EventSender>,
+    /// `None` once answered.
+    pub reply: Option<Reply>,
+    pub rescue: Option<Recipient<Rescue>>,
+    /// Times this job was rescued from a dead mailbox; bounded so that a job can never
+    /// bounce between dead actors forever.
+    pub rescues: u32,
 }
+
+/// A job that was dropped unanswered, for the Supervisor to submit again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Rescue(pub Job);
+
+const MAX_RESCUES: u32 = 3;
 
 impl Job {
     /// Answer the caller (who may have gone away; that is fine).
-    pub fn answer(self, result: Result<Value, ActorError>) {
-        let _ = self.reply.send(result);
+    pub fn answer(mut self, result: Result<Value, ActorError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
     }
 }
 
-/// Everything a Worker needs to know besides its id.
+impl Drop for Job {
+    fn drop(&mut self) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let rescue = self.rescue.take().filter(|_| self.rescues < MAX_RESCUES);
+        let Some(rescue) = rescue else {
+            let _ = reply.send(Err(ActorError::SystemFailed(
+                "the request was lost while the actors restarted".into(),
+            )));
+            return;
+        };
+        let job = Job {
+            command: std::mem::take(&mut self.command),
+            args: std::mem::take(&mut self.args),
+            session_id: self.session_id.take(),
+            timeout: self.timeout,
+            batch: self.batch,
+            limited: self.limited,
+            attempt: self.attempt,
+            throttles: self.throttles,
+            counted_throttles: self.counted_throttles,
+            ticket: None,
+            submitted: self.submitted,
+            events: self.events.take(),
+            reply: Some(reply),
+            rescue: Some(rescue.clone()),
+            rescues: self.rescues + 1,
+        };
+        log::debug!("rescuing `{}` from a stopped actor's mailbox", job.command);
+        rescue.do_send(Rescue(job));
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("command", &self.command)
+            .field("session_id", &self.session_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a Worker needs to know besides its id; shared by all workers of a pool.
 #[derive(Debug, Clone)]
-pub struct WorkerSettings {
+pub(crate) struct WorkerSettings {
+    pub capacity: usize,
     pub startup_timeout: Duration,
     pub health_timeout: Duration,
+    pub ping_when_busy: bool,
     pub max_frame_bytes: usize,
     pub keep_log_lines: usize,
     pub degrade_after: u32,
     pub remove_after: u32,
-    pub max_requests: u64,
-    pub max_lifetime: Duration,
-    pub graceful_timeout: Duration,
+    pub retire: RetireRule,
     pub kill_timeout: Duration,
 }
 
@@ -85,7 +159,18 @@ pub struct WorkerSnapshot {
     pub id: String,
     pub pid: Option<u32>,
     pub health: Health,
+    /// Whether any request is in flight.
     pub busy: bool,
+    /// Requests in flight, stuck ones included.
+    pub in_flight: usize,
+    /// Of those, the ones that count against the pool's rate control.
+    pub limited_in_flight: usize,
+    /// Requests it runs at once.
+    pub capacity: usize,
+    /// Requests whose caller got a timeout but which the process still holds.
+    pub stuck: usize,
+    /// Taking no new work; replaced once its requests are done.
+    pub draining: bool,
     pub session: Option<String>,
     pub stats: WorkerStats,
     pub uptime_ms: u64,
@@ -95,49 +180,77 @@ pub struct WorkerSnapshot {
 /// What a Worker tells its pool.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct WorkerEvent {
+pub(crate) struct WorkerEvent {
     pub worker_id: String,
     pub kind: WorkerEventKind,
 }
 
-#[derive(Debug)]
-pub enum WorkerEventKind {
-    /// Handshake answered: the worker serves.
-    Ready { pid: Option<u32> },
-    /// Spawn or handshake failed; the actor has stopped.
-    StartFailed { error: ActorError },
-    /// A request finished and the worker is free again. `retire` is set when the worker
-    /// should be replaced (unhealthy, `max_requests`, `max_lifetime`).
-    Idle {
-        snapshot: WorkerSnapshot,
-        retire: Option<String>,
-        latency: Duration,
-    },
-    /// A health ping failed: replace the worker.
-    Unhealthy { reason: String },
-    /// The process is gone and the actor has stopped. `orphan` is the request it was
-    /// running when it died unexpectedly (the pool may retry it elsewhere).
-    Exited {
-        reason: String,
-        expected: bool,
-        orphan: Option<Job>,
-    },
+/// How a request slot was freed, for the pool's accounting and rate control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Failed,
+    /// A request that had already timed out was answered at last.
+    Late,
 }
 
-/// Run a request (sent by the pool, which marked this worker busy).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Dispatch(pub Job);
+#[derive(Debug)]
+pub(crate) enum WorkerEventKind {
+    /// Handshake answered: the worker serves.
+    Ready { pid: Option<u32> },
+    /// Spawn or handshake failed; the process is gone. The pool answers with [`Release`].
+    StartFailed { error: ActorError },
+    /// A request slot is free again. `retire` is set when the worker should be replaced.
+    Freed {
+        outcome: Outcome,
+        limited: bool,
+        latency: Duration,
+        retire: Option<String>,
+    },
+    /// The far end refused `job` for rate; its slot is free. The pool decides whether and
+    /// when it runs again; `error` is what its caller gets if not.
+    Throttled {
+        job: Job,
+        error: ActorError,
+        retry_after: Option<Duration>,
+    },
+    /// A request ran past its timeout; `stuck` requests are now held past theirs. With
+    /// `drain`, too many are stuck: send it nothing more and replace it.
+    TimedOut { stuck: usize, drain: Option<String> },
+    /// A health ping failed: replace the worker now.
+    Unhealthy { reason: String },
+    /// A request reached the worker after its process was gone; it was never sent.
+    Returned { job: Job },
+    /// The process is gone. The pool answers with [`Release`].
+    Exited(Exit),
+}
 
-/// Send a health ping if idle; an unanswered or failed ping makes the worker unhealthy.
+/// How a worker's process ended.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub reason: String,
+    /// Stopped on request (not a crash).
+    pub expected: bool,
+    /// The requests it held that nobody has answered.
+    pub orphans: Vec<Job>,
+    pub last_output: String,
+    pub out_of_memory: bool,
+}
+
+/// Run a request (the pool counted a slot for it).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct HealthCheck;
+pub(crate) struct Dispatch(pub Job);
+
+/// Send a health ping; an unanswered or failed ping makes the worker unhealthy.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct HealthCheck;
 
 /// A session ended: if this worker served it, tell Python to drop its cached programs.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ForgetSession {
+pub(crate) struct ForgetSession {
     pub session_id: String,
 }
 
@@ -145,23 +258,28 @@ pub struct ForgetSession {
 /// SIGTERM the process group, wait `kill`, SIGKILL, reap. `done` fires when reaped.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Stop {
+pub(crate) struct Stop {
     pub graceful: Duration,
     pub kill: Duration,
     pub done: Option<oneshot::Sender<()>>,
 }
 
+/// The pool has taken note of the worker's end: the actor may stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Release;
+
 /// A new PoolManager takes this worker over after its predecessor stopped.
 #[derive(Message)]
 #[rtype(result = "WorkerSnapshot")]
-pub struct Adopt {
+pub(crate) struct Adopt {
     pub pool: Recipient<WorkerEvent>,
 }
 
-/// Current state, for status output.
+/// Current state with the process's memory use, for status output.
 #[derive(Message)]
 #[rtype(result = "WorkerSnapshot")]
-pub struct Snapshot;
+pub(crate) struct Snapshot;
 
 /// One line of the child's stdout/stderr.
 #[derive(Debug, Message)]
@@ -176,30 +294,35 @@ enum Phase {
     Gone,
 }
 
-enum Call {
+/// A request the process has not answered yet.
+enum Pending {
     Init,
     Health,
     Internal(&'static str),
-    User {
-        job: Job,
-        timer: SpawnHandle,
-        sent: Instant,
-    },
+    Request(InFlight),
+}
+
+struct InFlight {
+    /// `None` once the caller was answered with a timeout.
+    job: Option<Job>,
+    limited: bool,
+    timer: Option<SpawnHandle>,
 }
 
 /// One worker process. See the module docs.
-pub struct Worker {
+pub(crate) struct Worker {
     state: WorkerState,
-    settings: WorkerSettings,
+    settings: Arc<WorkerSettings>,
     launcher: Arc<dyn WorkerLauncher>,
+    classifier: Classifier,
     pool: Recipient<WorkerEvent>,
-    writer: Option<mpsc::UnboundedSender<Request>>,
+    writer: Option<mpsc::UnboundedSender<Bytes>>,
     process: Option<ChildProcess>,
     pid: Option<u32>,
     /// Whether there is an OS process behind the transport (not the in-memory fake).
     real_process: bool,
     next_id: u64,
-    calls: HashMap<u64, Call>,
+    pending: HashMap<u64, Pending>,
     tail: LogTail,
     spawned_at: Instant,
     phase: Phase,
@@ -209,23 +332,30 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         id: String,
-        settings: WorkerSettings,
+        settings: Arc<WorkerSettings>,
         launcher: Arc<dyn WorkerLauncher>,
+        classifier: Classifier,
         pool: Recipient<WorkerEvent>,
     ) -> Self {
-        let state = WorkerState::new(id, settings.degrade_after, settings.remove_after);
+        let state = WorkerState::new(
+            id,
+            settings.capacity,
+            settings.degrade_after,
+            settings.remove_after,
+        );
         let tail = LogTail::new(settings.keep_log_lines);
         Worker {
             state,
             settings,
             launcher,
+            classifier,
             pool,
             writer: None,
             process: None,
             pid: None,
             real_process: false,
             next_id: 1,
-            calls: HashMap::new(),
+            pending: HashMap::new(),
             tail,
             spawned_at: Instant::now(),
             phase: Phase::Starting,
@@ -244,38 +374,65 @@ impl Worker {
         });
     }
 
-    /// The snapshot sent with every event: no `/proc` read on the request path (the pool
-    /// fills in RSS when someone asks for status).
     fn snapshot(&self) -> WorkerSnapshot {
         WorkerSnapshot {
             id: self.state.id.clone(),
             pid: self.pid,
             health: self.state.health,
-            busy: self.state.busy,
+            busy: self.state.busy(),
+            in_flight: self.state.in_flight(),
+            limited_in_flight: self
+                .pending
+                .values()
+                .filter(|p| matches!(p, Pending::Request(InFlight { limited: true, .. })))
+                .count(),
+            capacity: self.state.capacity(),
+            stuck: self.state.stuck(),
+            draining: false,
             session: self.state.session.clone(),
             stats: self.state.stats.clone(),
-            uptime_ms: self.spawned_at.elapsed().as_millis() as u64,
+            uptime_ms: u64::try_from(self.spawned_at.elapsed().as_millis()).unwrap_or(u64::MAX),
             rss_bytes: None,
         }
     }
 
-    /// Send a frame; returns its id. A closed writer is noticed by the reader (EOF).
-    fn send(&mut self, command: &str, args: Value) -> u64 {
+    /// Encodes and sends a request frame; returns its id.
+    fn send(
+        &mut self,
+        command: &str,
+        args: &Value,
+        session_id: Option<&str>,
+    ) -> Result<u64, FrameError> {
         let id = self.next_id;
+        let frame = encode_frame(
+            &OutgoingRequest {
+                id,
+                command,
+                args,
+                session_id,
+            },
+            self.settings.max_frame_bytes,
+        )?;
         self.next_id += 1;
+        // A closed writer is noticed by the reader (EOF), which fails what is pending.
         if let Some(writer) = &self.writer {
-            let _ = writer.send(Request::new(id, command, args));
+            let _ = writer.send(frame);
         }
-        id
+        Ok(id)
+    }
+
+    /// Sends one of the worker's own small requests (ping, shutdown, cleanup_session).
+    fn send_control(&mut self, command: &'static str, args: Value, pending: Pending) {
+        match self.send(command, &args, None) {
+            Ok(id) => {
+                self.pending.insert(id, pending);
+            }
+            Err(e) => log::error!("worker {}: cannot encode `{command}`: {e}", self.id()),
+        }
     }
 
     fn last_output(&self) -> String {
-        let joined = self.tail.joined();
-        if joined.is_empty() {
-            "(no output)".to_owned()
-        } else {
-            joined
-        }
+        self.tail.joined()
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) -> Result<(), ActorError> {
@@ -283,25 +440,9 @@ impl Worker {
         self.pid = conn.process.as_ref().map(ChildProcess::pid);
         self.real_process = conn.process.is_some();
         self.process = conn.process;
-
-        let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
-        let mut sink = FramedWrite::new(
-            conn.writer,
-            FrameCodec::<Response, Request>::new(self.settings.max_frame_bytes),
-        );
-        let id = self.state.id.clone();
-        actix::spawn(async move {
-            while let Some(request) = rx.recv().await {
-                if let Err(e) = sink.send(request).await {
-                    log::debug!("worker {id}: request pipe closed: {e}");
-                    break;
-                }
-            }
-            // Dropping the sink closes the request pipe: the child sees EOF.
-            let _ = SinkExt::<Request>::close(&mut sink).await;
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        actix::spawn(write_frames(self.state.id.clone(), conn.writer, rx));
         self.writer = Some(tx);
-
         ctx.add_stream(FramedRead::new(
             conn.reader,
             FrameCodec::<Response, Request>::new(self.settings.max_frame_bytes),
@@ -317,15 +458,22 @@ impl Worker {
             return;
         }
         log::warn!("worker {} failed to start: {error}", self.id());
-        self.phase = Phase::Gone;
-        self.state.health = Health::Stopped;
+        self.become_gone(ctx);
         self.notify(WorkerEventKind::StartFailed { error });
-        self.kill_and_stop(ctx);
+        self.kill_now();
     }
 
-    /// Kill the process group at once and reap it in the background, then stop the actor.
-    fn kill_and_stop(&mut self, ctx: &mut Context<Self>) {
+    /// The process is (about to be) gone: no more requests go out, and the actor waits
+    /// for [`Release`].
+    fn become_gone(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Gone;
+        self.state.health = Health::Stopped;
         self.writer = None;
+        ctx.run_later(RELEASE_FALLBACK, |_, ctx| ctx.stop());
+    }
+
+    /// Kill the process group at once and reap it in the background.
+    fn kill_now(&mut self) {
         if let Some(mut child) = self.process.take() {
             let id = self.state.id.clone();
             let _ = child.signal_group(libc::SIGKILL);
@@ -338,102 +486,206 @@ impl Worker {
                 }
             });
         }
-        ctx.stop();
+    }
+
+    /// Every request the process held whose caller is still waiting, timers cancelled.
+    fn take_orphans(&mut self, ctx: &mut Context<Self>) -> Vec<Job> {
+        let mut orphans = Vec::new();
+        for (_, pending) in self.pending.drain() {
+            if let Pending::Request(InFlight { job, timer, .. }) = pending {
+                if let Some(timer) = timer {
+                    ctx.cancel_future(timer);
+                }
+                orphans.extend(job);
+            }
+        }
+        orphans
     }
 
     fn on_response(&mut self, response: Response, ctx: &mut Context<Self>) {
-        let Some(call) = self.calls.remove(&response.id()) else {
+        if let Response::Event { id, event } = response {
+            self.on_event(id, event);
+            return;
+        }
+        let id = response.id();
+        let Some(pending) = self.pending.remove(&id) else {
             log::warn!(
-                "worker {}: ignoring a response with unknown id {}",
-                self.id(),
-                response.id()
+                "worker {}: ignoring an answer to unknown request {id}",
+                self.id()
             );
             return;
         };
         let result = match response {
             Response::Success { result, .. } => Ok(result),
-            Response::Failure { error, .. } => Err(ActorError::Python {
-                error_type: error.error_type,
-                message: error.message,
-                traceback: error.traceback,
-            }),
+            Response::Failure { error, .. } => Err(error),
+            Response::Event { .. } => unreachable!("handled above"),
         };
-        match call {
-            // Stopped before the handshake finished: the answer no longer matters.
-            Call::Init if self.phase != Phase::Starting => {}
-            Call::Init => match result {
-                Ok(v) if v.get("status").and_then(Value::as_str) == Some("ok") => {
-                    self.state.mark_ready();
-                    self.phase = Phase::Running;
-                    log::info!("worker {} ready (pid {:?})", self.id(), self.pid);
-                    self.notify(WorkerEventKind::Ready { pid: self.pid });
-                }
-                Ok(v) => self.fail_start(
-                    ActorError::Protocol(format!("handshake answered without status \"ok\": {v}")),
-                    ctx,
-                ),
-                Err(e) => self.fail_start(e, ctx),
-            },
-            Call::Health => {
+        match pending {
+            Pending::Init => self.on_handshake(result, ctx),
+            Pending::Health => {
                 if let Err(e) = result {
-                    self.mark_unhealthy(format!("health ping failed: {e}"));
+                    self.mark_unhealthy(format!("health ping failed: {}", ActorError::python(e)));
                 }
             }
-            Call::Internal(command) => {
+            Pending::Internal(command) => {
                 if let Err(e) = result {
-                    log::warn!("worker {}: `{command}` failed: {e}", self.id());
+                    log::warn!(
+                        "worker {}: `{command}` failed: {}",
+                        self.id(),
+                        ActorError::python(e)
+                    );
                 }
             }
-            Call::User { job, timer, sent } => {
-                ctx.cancel_future(timer);
-                log::trace!(
-                    "worker {}: `{}` answered in {:?}",
-                    self.id(),
-                    job.command,
-                    sent.elapsed()
-                );
-                let how = match &result {
-                    Ok(_) => Checkin::Ok,
-                    Err(ActorError::Python { error_type, .. })
-                        if CALLER_ERROR_TYPES.contains(&error_type.as_str()) =>
-                    {
-                        Checkin::CallerError
-                    }
-                    Err(_) => Checkin::Error,
-                };
-                let latency = job.submitted.elapsed();
-                job.answer(result);
-                let outcome = self.state.checkin(how);
-                if self.phase != Phase::Running {
+            Pending::Request(flight) => self.on_answer(flight, result, ctx),
+        }
+    }
+
+    fn on_event(&mut self, id: u64, event: Value) {
+        match self.pending.get(&id) {
+            Some(Pending::Request(InFlight {
+                job:
+                    Some(Job {
+                        events: Some(events),
+                        ..
+                    }),
+                ..
+            })) => {
+                let _ = events.send(event);
+            }
+            _ => log::debug!("worker {}: event for request {id}: {event}", self.id()),
+        }
+    }
+
+    fn on_handshake(
+        &mut self,
+        result: Result<Value, crate::protocol::WireError>,
+        ctx: &mut Context<Self>,
+    ) {
+        // Stopped before the handshake finished: the answer no longer matters.
+        if self.phase != Phase::Starting {
+            return;
+        }
+        match result {
+            Ok(v) if v.get("status").and_then(Value::as_str) == Some("ok") => {
+                self.state.mark_ready();
+                self.phase = Phase::Running;
+                log::info!("worker {} ready (pid {:?})", self.id(), self.pid);
+                self.notify(WorkerEventKind::Ready { pid: self.pid });
+            }
+            Ok(v) => self.fail_start(
+                ActorError::Protocol(format!(
+                    "worker {} answered its handshake without status \"ok\": {v}",
+                    self.id()
+                )),
+                ctx,
+            ),
+            Err(e) => self.fail_start(ActorError::python(e), ctx),
+        }
+    }
+
+    /// The process answered a user request.
+    fn on_answer(
+        &mut self,
+        flight: InFlight,
+        result: Result<Value, crate::protocol::WireError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let InFlight {
+            job,
+            limited,
+            timer,
+        } = flight;
+        if let Some(timer) = timer {
+            ctx.cancel_future(timer);
+        }
+        let Some(job) = job else {
+            // Its caller already got a timeout; the slot is free at last.
+            self.state.late_answer();
+            self.notify(WorkerEventKind::Freed {
+                outcome: Outcome::Late,
+                limited,
+                latency: Duration::ZERO,
+                retire: None,
+            });
+            return;
+        };
+        let latency = job.submitted.elapsed();
+        let (outcome, mut retire) = match result {
+            Ok(value) => {
+                self.state.checkin(Checkin::Ok);
+                job.answer(Ok(value));
+                (Outcome::Ok, None)
+            }
+            Err(wire) => match self.classifier.classify(&wire) {
+                Disposition::RateLimited { retry_after } => {
+                    self.state.checkin(Checkin::CallerError);
+                    self.notify(WorkerEventKind::Throttled {
+                        job,
+                        error: ActorError::python(wire),
+                        retry_after,
+                    });
                     return;
                 }
-                let retire = match outcome {
-                    CheckinOutcome::Remove => Some(format!(
-                        "{} consecutive errors (pool.remove_after)",
-                        self.state.consecutive_errors()
-                    )),
-                    _ if self.settings.max_requests > 0
-                        && self.state.stats.requests >= self.settings.max_requests =>
-                    {
-                        Some(format!(
-                            "served {} requests (pool.max_requests)",
-                            self.state.stats.requests
-                        ))
-                    }
-                    _ if !self.settings.max_lifetime.is_zero()
-                        && self.spawned_at.elapsed() >= self.settings.max_lifetime =>
-                    {
-                        Some("reached pool.max_lifetime".to_owned())
-                    }
-                    _ => None,
-                };
-                self.notify(WorkerEventKind::Idle {
-                    snapshot: self.snapshot(),
-                    retire,
-                    latency,
-                });
-            }
+                Disposition::CallerError => {
+                    self.state.checkin(Checkin::CallerError);
+                    job.answer(Err(ActorError::python(wire)));
+                    (Outcome::Failed, None)
+                }
+                Disposition::WorkerFault => {
+                    self.state.checkin(Checkin::Error);
+                    job.answer(Err(ActorError::python(wire)));
+                    (Outcome::Failed, None)
+                }
+                Disposition::Recycle => {
+                    self.state.checkin(Checkin::Error);
+                    let why = format!("it reported {}", wire.error_type);
+                    job.answer(Err(ActorError::python(wire)));
+                    (Outcome::Failed, Some(why))
+                }
+            },
+        };
+        if self.phase != Phase::Running {
+            retire = None;
+        } else if retire.is_none() {
+            retire = self
+                .state
+                .retire_reason(self.settings.retire, self.spawned_at.elapsed());
         }
+        self.notify(WorkerEventKind::Freed {
+            outcome,
+            limited,
+            latency,
+            retire,
+        });
+    }
+
+    fn on_request_timeout(&mut self, id: u64, timeout: Duration) {
+        let Some(Pending::Request(flight)) = self.pending.get_mut(&id) else {
+            return;
+        };
+        flight.timer = None;
+        let Some(job) = flight.job.take() else { return };
+        log::warn!(
+            "worker {}: `{}` got no answer within {timeout:?} (pool.request_timeout); its slot stays taken until it answers",
+            self.id(),
+            job.command
+        );
+        job.answer(Err(ActorError::timeout(
+            TimeoutStage::Request,
+            timeout,
+            "the worker did not answer in time; raise pool.request_timeout for slow programs",
+        )));
+        let drain = self.state.time_out().then(|| {
+            format!(
+                "{} of its {} slots are stuck past pool.request_timeout",
+                self.state.stuck(),
+                self.state.capacity()
+            )
+        });
+        self.notify(WorkerEventKind::TimedOut {
+            stuck: self.state.stuck(),
+            drain,
+        });
     }
 
     fn mark_unhealthy(&mut self, reason: String) {
@@ -459,11 +711,14 @@ impl Worker {
             }
             Phase::Starting => {
                 let error = match protocol_error {
-                    Some(e) => ActorError::Protocol(format!("during the handshake: {e}")),
+                    Some(e) => ActorError::Protocol(format!(
+                        "worker {} broke the protocol during its handshake: {e}",
+                        self.id()
+                    )),
                     None => ActorError::Spawn(format!(
-                        "worker {} exited before answering the handshake; last output: {}",
+                        "worker {} exited before answering its handshake; its last output:\n{}",
                         self.id(),
-                        self.last_output()
+                        or_none(&self.last_output())
                     )),
                 };
                 self.fail_start(error, ctx);
@@ -471,34 +726,30 @@ impl Worker {
             }
             Phase::Running => {}
         }
-        self.phase = Phase::Gone;
-        self.state.health = Health::Stopped;
-        self.writer = None;
+        self.become_gone(ctx);
+        let orphans = self.take_orphans(ctx);
         let id = self.state.id.clone();
-        let mut orphan = None;
-        for (_, call) in self.calls.drain() {
-            if let Call::User { job, timer, .. } = call {
-                ctx.cancel_future(timer);
-                orphan = Some(job);
-            }
-        }
         if let Some(e) = protocol_error {
-            // The worker broke the protocol: its request fails with a protocol error (a
+            // The worker broke the protocol: its requests fail with a protocol error (a
             // retry could corrupt again), and the process is killed and replaced.
             log::error!("worker {id}: protocol error: {e}; killing it");
-            if let Some(job) = orphan.take() {
-                job.answer(Err(ActorError::Protocol(format!("worker {id}: {e}"))));
+            for job in orphans {
+                job.answer(Err(ActorError::Protocol(format!(
+                    "worker {id} broke the protocol: {e}"
+                ))));
             }
-            self.notify(WorkerEventKind::Exited {
+            self.notify(WorkerEventKind::Exited(Exit {
                 reason: format!("protocol error: {e}"),
                 expected: false,
-                orphan: None,
-            });
-            self.kill_and_stop(ctx);
+                orphans: Vec::new(),
+                last_output: self.last_output(),
+                out_of_memory: false,
+            }));
+            self.kill_now();
             return;
         }
         // The child closed its response stream: it died. Reap it (it normally is gone
-        // already) so the log says how it ended, then hand any request back to the pool.
+        // already) so the log says how it ended, then hand its requests back to the pool.
         let child = self.process.take();
         let fut = async move {
             match child {
@@ -506,20 +757,32 @@ impl Worker {
                     let status = child
                         .terminate(Duration::from_millis(300), Duration::from_millis(500))
                         .await;
-                    process::describe_exit(status)
+                    (process::describe_exit(status), Some((child, status)))
                 }
-                None => "transport closed".to_owned(),
+                None => ("its transport closed".to_owned(), None),
             }
         };
-        ctx.spawn(fut.into_actor(self).map(move |how, act, ctx| {
-            let reason = format!("{how}; last output: {}", act.last_output());
-            log::warn!("worker {id} exited unexpectedly: {reason}");
-            act.notify(WorkerEventKind::Exited {
+        ctx.spawn(fut.into_actor(self).map(move |(how, reaped), act, _| {
+            let last_output = act.last_output();
+            let out_of_memory = reaped
+                .is_some_and(|(child, status)| child.died_of_memory(status, &last_output));
+            let reason = if out_of_memory {
+                format!("{how}: it ran out of memory (pool.worker_memory_limit or the kernel's OOM killer)")
+            } else {
+                how
+            };
+            log::warn!(
+                "worker {id} exited unexpectedly ({reason}) with {} request(s) in flight; its last output:\n{}",
+                orphans.len(),
+                or_none(&last_output)
+            );
+            act.notify(WorkerEventKind::Exited(Exit {
                 reason,
                 expected: false,
-                orphan,
-            });
-            ctx.stop();
+                orphans,
+                last_output,
+                out_of_memory,
+            }));
         }));
     }
 
@@ -527,25 +790,58 @@ impl Worker {
         if self.phase == Phase::Gone {
             return;
         }
-        self.phase = Phase::Gone;
-        self.state.health = Health::Stopped;
+        self.become_gone(ctx);
         log::info!("worker {} stopped: {how}", self.id());
-        for (_, call) in self.calls.drain() {
-            if let Call::User { job, timer, .. } = call {
-                ctx.cancel_future(timer);
-                job.answer(Err(ActorError::ShuttingDown));
-            }
-        }
-        self.notify(WorkerEventKind::Exited {
+        let orphans = self.take_orphans(ctx);
+        self.notify(WorkerEventKind::Exited(Exit {
             reason: how,
             expected: true,
-            orphan: None,
-        });
+            orphans,
+            last_output: String::new(),
+            out_of_memory: false,
+        }));
         for done in self.stop_waiters.drain(..) {
             let _ = done.send(());
         }
-        ctx.stop();
     }
+}
+
+fn or_none(output: &str) -> &str {
+    if output.is_empty() {
+        "(none)"
+    } else {
+        output
+    }
+}
+
+/// Writes encoded frames to the request pipe, several at a time when they queue up.
+/// Ends when the actor drops its sender (closing the pipe: the child sees EOF) or the pipe
+/// breaks (the reader notices the child's end).
+async fn write_frames(
+    id: String,
+    mut writer: transport::BoxWrite,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let written = async {
+            writer.write_all(&batch).await?;
+            writer.flush().await
+        };
+        if let Err(e) = written.await {
+            log::debug!("worker {id}: request pipe closed: {e}");
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 impl Actor for Worker {
@@ -557,8 +853,11 @@ impl Actor for Worker {
             return;
         }
         let id = self.state.id.clone();
-        let init = self.send("ping", json!({"initialization": true, "worker_id": id}));
-        self.calls.insert(init, Call::Init);
+        self.send_control(
+            "ping",
+            json!({"initialization": true, "worker_id": id}),
+            Pending::Init,
+        );
         let timeout = self.settings.startup_timeout;
         ctx.run_later(timeout, move |act, ctx| {
             if act.phase == Phase::Starting {
@@ -566,9 +865,9 @@ impl Actor for Worker {
                     TimeoutStage::Startup,
                     timeout,
                     format!(
-                        "worker {} did not answer its handshake; last output: {} (raise pool.startup_timeout if imports are slow)",
+                        "worker {} did not answer its handshake (raise pool.startup_timeout if imports are slow); its last output:\n{}",
                         act.id(),
-                        act.last_output()
+                        or_none(&act.last_output())
                     ),
                 );
                 act.fail_start(error, ctx);
@@ -576,11 +875,14 @@ impl Actor for Worker {
         });
     }
 
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
         // Normally reaped already; this only runs with a live child if the actor system
         // itself is torn down. kill_on_drop is the backstop for the leader, this for the group.
         if let Some(child) = &self.process {
             let _ = child.signal_group(libc::SIGKILL);
+        }
+        for job in self.take_orphans(ctx) {
+            job.answer(Err(ActorError::ShuttingDown));
         }
         for done in self.stop_waiters.drain(..) {
             let _ = done.send(());
@@ -603,10 +905,7 @@ impl StreamHandler<Result<Response, FrameError>> for Worker {
 
 impl StreamHandler<LogLine> for Worker {
     fn handle(&mut self, LogLine(stream, line): LogLine, _ctx: &mut Self::Context) {
-        match stream {
-            LogStream::Stdout => log::info!(target: "dspex::worker", "[{}] {line}", self.state.id),
-            LogStream::Stderr => log::info!(target: "dspex::worker", "[{}] {line}", self.state.id),
-        }
+        log::info!(target: "dspex::worker", "[{} {stream}] {line}", self.state.id);
         self.tail.push(line);
     }
 
@@ -616,55 +915,46 @@ impl StreamHandler<LogLine> for Worker {
 impl Handler<Dispatch> for Worker {
     type Result = ();
 
-    fn handle(&mut self, Dispatch(mut job): Dispatch, ctx: &mut Self::Context) {
+    fn handle(&mut self, Dispatch(job): Dispatch, ctx: &mut Self::Context) {
         if self.phase != Phase::Running {
-            // Raced with a crash or a stop: hand it back like a crash would.
-            self.notify(WorkerEventKind::Exited {
-                reason: "worker no longer running".to_owned(),
-                expected: self.phase == Phase::Stopping,
-                orphan: Some(job),
-            });
+            // Raced with a crash or a stop: hand it back unsent.
+            self.notify(WorkerEventKind::Returned { job });
             return;
         }
+        let sent = self.send(&job.command, &job.args, job.session_id.as_deref());
+        let id = match sent {
+            Ok(id) => id,
+            Err(e) => {
+                let error = match e {
+                    FrameError::TooLarge { len, max } => ActorError::RequestTooLarge {
+                        bytes: len,
+                        limit: max,
+                    },
+                    other => ActorError::Protocol(format!("cannot encode the request: {other}")),
+                };
+                let limited = job.limited;
+                job.answer(Err(error));
+                self.notify(WorkerEventKind::Freed {
+                    outcome: Outcome::Failed,
+                    limited,
+                    latency: Duration::ZERO,
+                    retire: None,
+                });
+                return;
+            }
+        };
         self.state.checkout(job.session_id.as_deref());
-        let mut args = std::mem::take(&mut job.args);
-        if let (Some(session), Value::Object(map)) = (&job.session_id, &mut args) {
-            map.entry("session_id")
-                .or_insert_with(|| Value::String(session.clone()));
-        }
-        let id = self.send(&job.command, args);
-        let timeout = job.timeout;
-        let timer = ctx.run_later(timeout, move |act, ctx| {
-            let Some(Call::User { job, .. }) = act.calls.remove(&id) else { return };
-            log::warn!(
-                "worker {}: `{}` timed out after {:?}; killing the worker (pool.request_timeout)",
-                act.id(),
-                job.command,
-                timeout
-            );
-            job.answer(Err(ActorError::timeout(
-                TimeoutStage::Request,
-                timeout,
-                "the worker was killed and will be replaced; raise pool.request_timeout for slow programs",
-            )));
-            act.state.stats.requests += 1;
-            act.state.stats.errors += 1;
-            act.state.mark_unhealthy();
-            act.phase = Phase::Gone;
-            act.notify(WorkerEventKind::Exited {
-                reason: format!("killed after the request timeout ({timeout:?})"),
-                expected: false,
-                orphan: None,
-            });
-            act.kill_and_stop(ctx);
+        let timer = job.timeout.map(|timeout| {
+            ctx.run_later(timeout, move |act, _| act.on_request_timeout(id, timeout))
         });
-        self.calls.insert(
+        let limited = job.limited;
+        self.pending.insert(
             id,
-            Call::User {
-                job,
+            Pending::Request(InFlight {
+                job: Some(job),
+                limited,
                 timer,
-                sent: Instant::now(),
-            },
+            }),
         );
     }
 }
@@ -674,17 +964,19 @@ impl Handler<HealthCheck> for Worker {
 
     fn handle(&mut self, _: HealthCheck, ctx: &mut Self::Context) {
         if self.phase != Phase::Running
-            || self.state.busy
-            || self.calls.values().any(|c| matches!(c, Call::Health))
+            || (self.state.busy() && !self.settings.ping_when_busy)
+            || self.pending.values().any(|c| matches!(c, Pending::Health))
         {
             return;
         }
-        let id = self.send("ping", json!({}));
-        self.calls.insert(id, Call::Health);
+        let Ok(id) = self.send("ping", &json!({}), None) else {
+            return;
+        };
+        self.pending.insert(id, Pending::Health);
         let timeout = self.settings.health_timeout;
         ctx.run_later(timeout, move |act, _| {
-            if let Some(Call::Health) = act.calls.get(&id) {
-                act.calls.remove(&id);
+            if let Some(Pending::Health) = act.pending.get(&id) {
+                act.pending.remove(&id);
                 act.mark_unhealthy(format!("no answer to a health ping within {timeout:?}"));
             }
         });
@@ -695,9 +987,13 @@ impl Handler<ForgetSession> for Worker {
     type Result = ();
 
     fn handle(&mut self, msg: ForgetSession, _ctx: &mut Self::Context) {
-        if self.state.forget_session(&msg.session_id) && self.phase == Phase::Running {
-            let id = self.send("cleanup_session", json!({"session_id": msg.session_id}));
-            self.calls.insert(id, Call::Internal("cleanup_session"));
+        let outcome = self.state.checkin(Checkin::SessionCleanup(msg.session_id));
+        if let (CheckinOutcome::CleanupSession(session), Phase::Running) = (outcome, self.phase) {
+            self.send_control(
+                "cleanup_session",
+                json!({"session_id": session}),
+                Pending::Internal("cleanup_session"),
+            );
         }
     }
 }
@@ -709,19 +1005,21 @@ impl Handler<Stop> for Worker {
         if let Some(done) = msg.done {
             self.stop_waiters.push(done);
         }
-        if matches!(self.phase, Phase::Stopping | Phase::Gone) {
-            if self.phase == Phase::Gone {
+        match self.phase {
+            Phase::Gone => {
                 for done in self.stop_waiters.drain(..) {
                     let _ = done.send(());
                 }
+                ctx.stop();
+                return;
             }
-            return;
+            Phase::Stopping => return,
+            Phase::Starting | Phase::Running => {}
         }
         log::debug!("worker {}: stopping", self.id());
         self.phase = Phase::Stopping;
-        self.state.health = Health::Stopping;
-        let id = self.send("shutdown", json!({}));
-        self.calls.insert(id, Call::Internal("shutdown"));
+        self.state.checkin(Checkin::Close);
+        self.send_control("shutdown", json!({}), Pending::Internal("shutdown"));
         // Dropping the sender lets the writer task flush `shutdown`, then close the pipe.
         self.writer = None;
         match self.process.take() {
@@ -739,6 +1037,16 @@ impl Handler<Stop> for Worker {
                     act.finish_stop("graceful timeout elapsed".to_owned(), ctx)
                 });
             }
+        }
+    }
+}
+
+impl Handler<Release> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _: Release, ctx: &mut Self::Context) {
+        if self.phase == Phase::Gone {
+            ctx.stop();
         }
     }
 }

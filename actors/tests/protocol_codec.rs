@@ -60,9 +60,8 @@ fn arb_response() -> impl Strategy<Value = Response> {
             .prop_map(|(id, error_type, message, traceback)| Response::Failure {
                 id,
                 error: WireError {
-                    error_type,
-                    message,
-                    traceback
+                    traceback,
+                    ..WireError::new(error_type, message)
                 },
             }),
     ]

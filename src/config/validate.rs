@@ -25,6 +25,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     let r = Reader { raw };
     let pool = PoolConfig {
         size: r.usize("pool", "size", 1)?,
+        worker_concurrency: PoolConfig::default().worker_concurrency,
         startup_concurrency: r.usize("pool", "startup_concurrency", 1)?,
         startup_timeout: r.duration("pool", "startup_timeout", Zero::Refused)?,
         checkout_timeout: r.duration("pool", "checkout_timeout", Zero::Refused)?,

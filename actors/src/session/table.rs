@@ -15,7 +15,7 @@ use crate::error::ActorError;
 
 /// One tracked session.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Session {
+pub struct SessionRecord {
     /// The caller's session id.
     pub id: String,
     /// Wall-clock creation time, for reporting only.
@@ -30,9 +30,9 @@ pub struct Session {
     pub state: Value,
 }
 
-impl Session {
+impl SessionRecord {
     fn new(id: String, now: Instant) -> Self {
-        Session {
+        SessionRecord {
             id,
             created_at: SystemTime::now(),
             created: now,
@@ -108,7 +108,7 @@ pub struct SessionMetrics {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct SessionTable {
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<String, SessionRecord>,
     total_created: u64,
     total_ended: u64,
     stale_cleaned: u64,
@@ -133,7 +133,7 @@ impl SessionTable {
     }
 
     /// The full record of a session, if tracked.
-    pub fn session(&self, id: &str) -> Option<&Session> {
+    pub fn session(&self, id: &str) -> Option<&SessionRecord> {
         self.sessions.get(id)
     }
 
@@ -165,7 +165,7 @@ impl SessionTable {
         id: &str,
         now: Instant,
         max_sessions: usize,
-    ) -> Result<&mut Session, ActorError> {
+    ) -> Result<&mut SessionRecord, ActorError> {
         if max_sessions != 0 && self.sessions.len() >= max_sessions {
             return Err(ActorError::TooManySessions { max: max_sessions });
         }
@@ -173,7 +173,7 @@ impl SessionTable {
         Ok(self
             .sessions
             .entry(id.to_owned())
-            .or_insert_with(|| Session::new(id.to_owned(), now)))
+            .or_insert_with(|| SessionRecord::new(id.to_owned(), now)))
     }
 
     /// Records activity on `id`: refreshes `last_active` and counts a request.
@@ -216,7 +216,7 @@ impl SessionTable {
         Ok(session.info(now))
     }
 
-    fn count_ended(&mut self, session: &Session, now: Instant) {
+    fn count_ended(&mut self, session: &SessionRecord, now: Instant) {
         self.total_ended += 1;
         self.ended_duration += now.saturating_duration_since(session.created);
     }

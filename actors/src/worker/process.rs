@@ -42,6 +42,10 @@ impl TransportKind {
     }
 }
 
+/// The fd on which a child with [`LaunchSpec::lifeline`] finds the read end of its
+/// lifeline pipe.
+pub const LIFELINE_FD: RawFd = 5;
+
 /// Everything needed to start a worker process.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LaunchSpec {
@@ -51,11 +55,20 @@ pub struct LaunchSpec {
     /// e.g. `["-m", "dspex_bridge"]` or `["path/to/script.py"]`.
     pub args: Vec<String>,
     /// The child's complete environment: nothing is inherited from the host. The launcher
-    /// adds only `LITELLM_LOCAL_MODEL_COST_MAP=True` and `DSPEX_TRANSPORT`.
+    /// adds only `DSPEX_TRANSPORT` (and `DSPEX_LIFELINE_FD` with [`lifeline`](Self::lifeline)).
     pub env: Vec<(String, String)>,
     /// Working directory; the host's when `None`.
     pub cwd: Option<PathBuf>,
     pub transport: TransportKind,
+    /// The child's address-space limit in bytes (`RLIMIT_AS`): an allocation past it fails
+    /// inside the child (Python raises `MemoryError`) instead of the kernel's OOM killer
+    /// picking a victim. `None`: no limit.
+    pub memory_limit: Option<u64>,
+    /// Pass the read end of a pipe whose write end only the host holds as fd
+    /// [`LIFELINE_FD`] (`fds` transport only). The child learns of the host's death when it
+    /// reads end of file there, even if the host was SIGKILLed, and can take down what it
+    /// started (the dspex bridge's reaper kills its process group).
+    pub lifeline: bool,
 }
 
 /// Which step of the stop ladder ended a process.
@@ -93,20 +106,59 @@ pub struct Stopped {
 /// neither the worker nor anything it started outlives its handle.
 #[derive(Debug)]
 pub struct ChildProcess {
-    pub(crate) child: tokio::process::Child,
-    pub(crate) pid: u32,
+    child: tokio::process::Child,
+    pid: u32,
     /// Set once the group got its final SIGKILL, so `Drop` does not signal a process
     /// group id that may have been reused since.
     group_killed: bool,
+    /// The host's end of the lifeline: open while this handle lives.
+    _lifeline: Option<OwnedFd>,
+    memory_limit: Option<u64>,
+    /// The cgroup's OOM-kill count when the process started, to tell afterwards whether
+    /// the kernel's OOM killer struck in between.
+    oom_kills_at_start: Option<u64>,
 }
 
 impl ChildProcess {
-    fn new(child: tokio::process::Child, pid: u32) -> Self {
+    fn new(
+        child: tokio::process::Child,
+        pid: u32,
+        spec: &LaunchSpec,
+        lifeline: Option<OwnedFd>,
+    ) -> Self {
         ChildProcess {
             child,
             pid,
             group_killed: false,
+            _lifeline: lifeline,
+            memory_limit: spec.memory_limit,
+            oom_kills_at_start: cgroup_oom_kills(),
         }
+    }
+
+    /// Whether a process that ended with `status` (and printed `last_output`) died of
+    /// memory: killed while the kernel's OOM killer was at work in its cgroup, or, under a
+    /// memory limit, aborted with an out-of-memory message.
+    pub fn died_of_memory(&self, status: ExitStatus, last_output: &str) -> bool {
+        let killed = status.signal() == Some(libc::SIGKILL);
+        if killed {
+            if let (Some(before), Some(after)) = (self.oom_kills_at_start, cgroup_oom_kills()) {
+                if after > before {
+                    return true;
+                }
+            }
+        }
+        let abnormal = status.signal().is_some() || status.code().is_some_and(|c| c != 0);
+        abnormal
+            && self.memory_limit.is_some()
+            && [
+                "MemoryError",
+                "Cannot allocate memory",
+                "out of memory",
+                "std::bad_alloc",
+            ]
+            .iter()
+            .any(|needle| last_output.contains(needle))
     }
 
     /// The process id, which is also its process group id.
@@ -138,15 +190,6 @@ impl ChildProcess {
         }
     }
 
-    /// The exit status if the process has exited (reaping it), without waiting.
-    ///
-    /// # Errors
-    ///
-    /// The OS error of `waitpid`.
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.child.try_wait()
-    }
-
     /// Waits for the process to exit and reaps it. Can be called again after it returned.
     ///
     /// # Errors
@@ -154,16 +197,6 @@ impl ChildProcess {
     /// The OS error of `waitpid`.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         self.child.wait().await
-    }
-
-    /// Sends SIGKILL to the whole group without waiting; follow with [`wait`](Self::wait)
-    /// to reap.
-    ///
-    /// # Errors
-    ///
-    /// The OS error of `killpg`, other than `ESRCH`.
-    pub fn start_kill(&mut self) -> io::Result<()> {
-        self.signal_group(libc::SIGKILL)
     }
 
     /// The tail of the stop ladder: waits up to `graceful` for the process to exit on its
@@ -331,28 +364,58 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// What the child does between fork and exec, decided before the fork.
+#[derive(Debug, Clone, Copy)]
+struct ChildPlan {
+    /// The child's ends of the request and response pipes (`fds` transport).
+    protocol: Option<(RawFd, RawFd)>,
+    /// The child's end of the lifeline pipe.
+    lifeline: Option<RawFd>,
+    memory_limit: Option<u64>,
+    parent: libc::pid_t,
+}
+
 /// Runs in the child between fork and exec: only async-signal-safe calls. Puts the
-/// protocol pipes on fds 3 and 4, and arranges for the child to die with its parent.
-fn child_setup(fds: Option<(RawFd, RawFd)>, parent: libc::pid_t) -> io::Result<()> {
+/// protocol pipes on fds 3 and 4 and the lifeline on fd 5, applies the memory limit, and
+/// arranges for the child to die with its parent.
+fn child_setup(plan: ChildPlan) -> io::Result<()> {
     // SAFETY (whole function): plain syscalls on fds and ints, no allocation, no locks.
     unsafe {
-        if let Some((read_end, write_end)) = fds {
-            // Move both ends out of the way first: a plain dup2 onto 3 could close the
-            // other end if it happened to be fd 3 or 4.
-            let high_read = libc::fcntl(read_end, libc::F_DUPFD_CLOEXEC, 10);
-            if high_read < 0 {
+        let mut targets: [(RawFd, RawFd); 3] = [(-1, -1); 3];
+        let mut n = 0;
+        if let Some((read_end, write_end)) = plan.protocol {
+            targets[0] = (read_end, 3);
+            targets[1] = (write_end, 4);
+            n = 2;
+        }
+        if let Some(lifeline) = plan.lifeline {
+            targets[n] = (lifeline, LIFELINE_FD);
+            n += 1;
+        }
+        // Move every source out of the way first: a plain dup2 onto 3 could close another
+        // source that happened to be fd 3, 4 or 5.
+        let mut high: [RawFd; 3] = [-1; 3];
+        for i in 0..n {
+            high[i] = libc::fcntl(targets[i].0, libc::F_DUPFD_CLOEXEC, 10);
+            if high[i] < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let high_write = libc::fcntl(write_end, libc::F_DUPFD_CLOEXEC, 10);
-            if high_write < 0 {
+        }
+        for i in 0..n {
+            // dup2 clears close-on-exec on the target, so the target survives exec.
+            if libc::dup2(high[i], targets[i].1) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // dup2 clears close-on-exec on the target, so 3 and 4 survive exec.
-            if libc::dup2(high_read, 3) < 0 || libc::dup2(high_write, 4) < 0 {
+            libc::close(high[i]);
+        }
+        if let Some(limit) = plan.memory_limit {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &rlimit) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            libc::close(high_read);
-            libc::close(high_write);
         }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -365,116 +428,162 @@ fn child_setup(fds: Option<(RawFd, RawFd)>, parent: libc::pid_t) -> io::Result<(
             return Err(io::Error::last_os_error());
         }
         // The parent may have died before prctl took effect; then nobody would kill us.
-        if libc::getppid() != parent {
+        if libc::getppid() != plan.parent {
             libc::_exit(1);
         }
     }
     Ok(())
 }
 
-/// Starts a worker process and returns the host's ends of its transport.
-///
-/// argv is `spec.program spec.args.. --mode pool-worker --worker-id <worker_id>`. The
-/// process gets its own process group, `PR_SET_PDEATHSIG = SIGKILL` and is killed when its
-/// [`ChildProcess`] is dropped. Must be called inside a tokio runtime, from a thread that
-/// lives as long as the worker should (see the module docs).
-///
-/// # Errors
-///
-/// [`ActorError::Spawn`] naming the program and the OS error when the pipes cannot be
-/// created or the program cannot be started.
-pub fn spawn(spec: &LaunchSpec, worker_id: &str) -> Result<Connection, ActorError> {
-    let spawn_error = |what: &str, e: io::Error| {
-        let hint = match &spec.cwd {
+/// The pipes a worker needs, host ends and child ends. The child's ends must stay open
+/// until the fork; the host closes them right after, so that EOF propagates when either
+/// side goes away.
+struct Pipes {
+    /// Host ends: (request writer, response reader), `fds` transport only.
+    host: Option<(OwnedFd, OwnedFd)>,
+    /// Child ends: (request reader, response writer), `fds` transport only.
+    child: Option<(OwnedFd, OwnedFd)>,
+    /// Lifeline (host's write end, child's read end).
+    lifeline: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Pipes {
+    fn for_spec(spec: &LaunchSpec) -> io::Result<Pipes> {
+        let mut pipes = Pipes {
+            host: None,
+            child: None,
+            lifeline: None,
+        };
+        if spec.transport == TransportKind::Fds {
+            let (req_read, req_write) = cloexec_pipe()?;
+            let (resp_read, resp_write) = cloexec_pipe()?;
+            pipes.host = Some((req_write, resp_read));
+            pipes.child = Some((req_read, resp_write));
+            if spec.lifeline {
+                let (read, write) = cloexec_pipe()?;
+                pipes.lifeline = Some((write, read));
+            }
+        }
+        Ok(pipes)
+    }
+
+    fn plan(&self, spec: &LaunchSpec, parent: libc::pid_t) -> ChildPlan {
+        ChildPlan {
+            protocol: self
+                .child
+                .as_ref()
+                .map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
+            lifeline: self.lifeline.as_ref().map(|(_, r)| r.as_raw_fd()),
+            memory_limit: spec.memory_limit,
+            parent,
+        }
+    }
+}
+
+/// Why a process could not be started, with what to do about it.
+fn spawn_error(spec: &LaunchSpec, worker_id: &str, what: &str, e: io::Error) -> ActorError {
+    let hint = match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::ENOMEM) => {
+            "the system refused another process (the per-user process limit, `ulimit -u`, or memory); lower pool.size".to_owned()
+        }
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "too many open files (`ulimit -n`); lower pool.size".to_owned()
+        }
+        _ => match &spec.cwd {
             Some(cwd) => format!(
                 "check python.executable and that the working directory {} exists",
                 cwd.display()
             ),
-            None => {
-                "check python.executable (or python.venv) points at a working Python".to_owned()
-            }
-        };
-        ActorError::Spawn(format!(
-            "worker {worker_id}: {what} `{}`: {e}; {hint}",
-            spec.program.display()
-        ))
+            None => "check python.executable (or python.venv) points at a working Python".to_owned(),
+        },
     };
+    ActorError::Spawn(format!(
+        "worker {worker_id}: {what} `{}`: {e}; {hint}",
+        spec.program.display()
+    ))
+}
 
+fn command(spec: &LaunchSpec, worker_id: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .args(["--mode", "pool-worker", "--worker-id", worker_id])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("DSPEX_TRANSPORT", spec.transport.as_str())
+        .stdin(match spec.transport {
+            TransportKind::Fds => Stdio::null(),
+            TransportKind::Stdio => Stdio::piped(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if spec.lifeline && spec.transport == TransportKind::Fds {
+        cmd.env("DSPEX_LIFELINE_FD", LIFELINE_FD.to_string());
+    }
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    cmd
+}
+
+/// Starts a worker process and returns the host's ends of its transport.
+///
+/// argv is `spec.program spec.args.. --mode pool-worker --worker-id <worker_id>`. The
+/// process gets its own process group, `PR_SET_PDEATHSIG = SIGKILL`, the spec's memory
+/// limit and lifeline, and is killed with its group when its [`ChildProcess`] is dropped.
+/// Must be called inside a tokio runtime, from a thread that lives as long as the worker
+/// should (see the module docs).
+///
+/// # Errors
+///
+/// [`ActorError::Spawn`] naming the program, the OS error and what to do, when the pipes
+/// cannot be created or the program cannot be started.
+pub fn spawn(spec: &LaunchSpec, worker_id: &str) -> Result<Connection, ActorError> {
+    let failed = |what: &str, e: io::Error| spawn_error(spec, worker_id, what, e);
+    let pipes = Pipes::for_spec(spec).map_err(|e| failed("could not create pipes for", e))?;
+    let mut cmd = command(spec, worker_id);
     // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-
-    // The child's ends of the fd pipes must stay open until spawn has forked; they are
-    // closed in the host right after, so that EOF propagates when either side goes away.
-    let mut child_ends = None;
-    let mut host_ends = None;
-    match spec.transport {
-        TransportKind::Fds => {
-            let (req_read, req_write) =
-                cloexec_pipe().map_err(|e| spawn_error("could not create pipes for", e))?;
-            let (resp_read, resp_write) =
-                cloexec_pipe().map_err(|e| spawn_error("could not create pipes for", e))?;
-            let raw = (req_read.as_raw_fd(), resp_write.as_raw_fd());
-            child_ends = Some((req_read, resp_write));
-            host_ends = Some((req_write, resp_read));
-            cmd.stdin(Stdio::null());
-            // SAFETY: child_setup only makes async-signal-safe calls.
-            unsafe {
-                cmd.pre_exec(move || child_setup(Some(raw), parent));
-            }
-        }
-        TransportKind::Stdio => {
-            cmd.stdin(Stdio::piped());
-            // SAFETY: child_setup only makes async-signal-safe calls.
-            unsafe {
-                cmd.pre_exec(move || child_setup(None, parent));
-            }
-        }
+    let plan = pipes.plan(spec, unsafe { libc::getpid() });
+    // SAFETY: child_setup only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || child_setup(plan));
     }
-
-    let mut child = cmd.spawn().map_err(|e| spawn_error("could not start", e))?;
+    let mut child = cmd.spawn().map_err(|e| failed("could not start", e))?;
+    let Pipes {
+        host,
+        child: child_ends,
+        lifeline,
+    } = pipes;
     drop(child_ends);
+    let lifeline = lifeline.map(|(host_end, _child_end)| host_end);
     let pid = child.id().unwrap_or_default();
     log::debug!(
         "worker {worker_id}: spawned {} as pid {pid} ({} transport)",
         spec.program.display(),
         spec.transport.as_str()
     );
-
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let stdin = child.stdin.take();
     // Wrap the child first so that any error below still kills its group on drop.
-    let process = ChildProcess::new(child, pid);
+    let process = ChildProcess::new(child, pid, spec, lifeline);
 
     let mut logs: Vec<(LogStream, BoxRead)> = Vec::new();
-    let (writer, reader): (BoxWrite, BoxRead) = match (spec.transport, host_ends) {
-        (TransportKind::Fds, Some((req_write, resp_read))) => {
+    let (writer, reader): (BoxWrite, BoxRead) = match host {
+        Some((req_write, resp_read)) => {
             let writer = tokio::net::unix::pipe::Sender::from_owned_fd(req_write)
-                .map_err(|e| spawn_error("could not register the request pipe of", e))?;
+                .map_err(|e| failed("could not register the request pipe of", e))?;
             let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(resp_read)
-                .map_err(|e| spawn_error("could not register the response pipe of", e))?;
+                .map_err(|e| failed("could not register the response pipe of", e))?;
             if let Some(out) = stdout {
                 logs.push((LogStream::Stdout, Box::pin(out)));
             }
             (Box::pin(writer), Box::pin(reader))
         }
-        _ => {
+        None => {
             let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
-                return Err(spawn_error(
+                return Err(failed(
                     "stdio pipes missing after starting",
                     io::Error::other("no stdin/stdout handle"),
                 ));
@@ -491,6 +600,19 @@ pub fn spawn(spec: &LaunchSpec, worker_id: &str) -> Result<Connection, ActorErro
         logs,
         process: Some(process),
     })
+}
+
+/// The OOM-kill count of the cgroup (v2) this process is in, from its `memory.events`;
+/// `None` where there is no such file (cgroup v1, no `/sys`, another OS).
+fn cgroup_oom_kills() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    let events =
+        std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.events", path.trim_end())).ok()?;
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// Launches real worker processes from a fixed [`LaunchSpec`].

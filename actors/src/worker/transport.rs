@@ -80,7 +80,7 @@ impl fmt::Debug for Connection {
 /// # Examples
 ///
 /// ```
-/// use dspex_actors::worker::transport::log_lines;
+/// use dspex_actors::log_lines;
 /// use futures::StreamExt;
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -107,18 +107,6 @@ pub fn log_lines_with_limit(
         let line = state.next_line().await?;
         Some((line, state))
     })
-}
-
-/// Tags each log stream's lines with the stream they came from and merges them, in the
-/// order lines arrive.
-pub fn tagged_log_lines(
-    logs: Vec<(LogStream, BoxRead)>,
-) -> impl Stream<Item = (LogStream, String)> + Send + 'static {
-    use futures::StreamExt;
-    futures::stream::select_all(
-        logs.into_iter()
-            .map(|(stream, reader)| log_lines(reader).map(move |line| (stream, line)).boxed()),
-    )
 }
 
 struct LineReader {
@@ -216,11 +204,6 @@ impl LogTail {
         self.lines.push_back(line.into());
     }
 
-    /// The kept lines, oldest first.
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.iter().cloned().collect()
-    }
-
     /// The kept lines joined with `\n`, oldest first; empty if there are none.
     pub fn joined(&self) -> String {
         let mut out = String::new();
@@ -231,21 +214,6 @@ impl LogTail {
             out.push_str(line);
         }
         out
-    }
-
-    /// How many lines are kept right now.
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
-    /// Whether no line is kept.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
-    /// Forgets all lines (e.g. when the worker is replaced).
-    pub fn clear(&mut self) {
-        self.lines.clear();
     }
 }
 
@@ -299,30 +267,12 @@ mod tests {
         assert_eq!(lines, [format!("abc{TRUNCATED_MARK}"), "xy".to_owned()]);
     }
 
-    #[tokio::test]
-    async fn tagged_lines_carry_their_stream() {
-        let logs: Vec<(LogStream, BoxRead)> = vec![
-            (LogStream::Stdout, Box::pin(&b"out\n"[..])),
-            (LogStream::Stderr, Box::pin(&b"err\n"[..])),
-        ];
-        let mut got: Vec<(LogStream, String)> = tagged_log_lines(logs).collect().await;
-        got.sort_by_key(|(s, _)| s.as_str());
-        assert_eq!(
-            got,
-            [
-                (LogStream::Stderr, "err".to_owned()),
-                (LogStream::Stdout, "out".to_owned())
-            ]
-        );
-    }
-
     #[test]
     fn log_tail_keeps_the_last_lines_in_order() {
         let mut tail = LogTail::new(2);
         for line in ["a", "b", "c"] {
             tail.push(line);
         }
-        assert_eq!(tail.lines(), ["b", "c"]);
         assert_eq!(tail.joined(), "b\nc");
     }
 
@@ -330,7 +280,6 @@ mod tests {
     fn log_tail_of_zero_keeps_nothing() {
         let mut tail = LogTail::new(0);
         tail.push("a");
-        assert!(tail.is_empty());
         assert_eq!(tail.joined(), "");
     }
 }

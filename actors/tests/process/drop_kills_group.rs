@@ -1,11 +1,9 @@
 //! Dropping a connection without stopping it still takes down the worker and everything
 //! in its process group.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::spawn;
-use dspex_actors::worker::transport::LogStream;
+use crate::prelude::*;
+use dspex_actors::spawn_process as spawn;
+use dspex_actors::LogStream;
 
 #[tokio::test]
 async fn dropping_the_connection_kills_leader_and_grandchild() {

@@ -1,11 +1,9 @@
 //! The last step of the stop ladder: a child that ignores SIGTERM is SIGKILLed after the
 //! kill timeout, and reaped.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::{spawn, StopStep};
-use dspex_actors::worker::transport::LogStream;
+use crate::prelude::*;
+use dspex_actors::LogStream;
+use dspex_actors::{spawn_process as spawn, StopStep};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 

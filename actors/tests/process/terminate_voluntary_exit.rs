@@ -1,10 +1,8 @@
 //! The first step of the stop ladder: a child that exits by itself once its request pipe
 //! is closed is neither signalled nor waited on longer than needed.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::{spawn, StopStep};
+use crate::prelude::*;
+use dspex_actors::{spawn_process as spawn, StopStep};
 
 #[tokio::test]
 async fn child_exiting_on_request_eof_stops_at_the_first_step() {

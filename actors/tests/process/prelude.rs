@@ -1,11 +1,8 @@
-//! Helpers shared by the process tests (`process_*.rs`): finding interpreters, building
-//! launch specs, talking the protocol to a child, and watching pids that are not our
-//! children.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers shared by the process tests: finding interpreters, building launch specs,
+//! talking the protocol to a child, and watching pids that are not our children.
 
 use dspex_actors::protocol::{FrameCodec, FrameError, Request, Response};
-use dspex_actors::worker::process::{LaunchSpec, TransportKind};
-use dspex_actors::worker::transport::{BoxRead, BoxWrite, Connection, LogStream};
+use dspex_actors::{BoxRead, BoxWrite, Connection, LaunchSpec, LogStream, TransportKind};
 use futures::{SinkExt, Stream, StreamExt};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -38,9 +35,8 @@ pub fn python_spec(code: &str, transport: TransportKind) -> LaunchSpec {
     LaunchSpec {
         program: python(),
         args: vec!["-c".into(), code.into()],
-        env: vec![],
-        cwd: None,
         transport,
+        ..LaunchSpec::default()
     }
 }
 
@@ -49,9 +45,8 @@ pub fn sh_spec(script: &str) -> LaunchSpec {
     LaunchSpec {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into()],
-        env: vec![],
-        cwd: None,
         transport: TransportKind::Fds,
+        ..LaunchSpec::default()
     }
 }
 
@@ -112,10 +107,15 @@ impl Framed {
     }
 }
 
-/// Takes the log streams out of a connection as one tagged stream of lines.
+/// Takes the log streams out of a connection as one stream of lines tagged with the
+/// stream they came from, in the order they arrive.
 pub fn take_logs(conn: &mut Connection) -> impl Stream<Item = (LogStream, String)> + Unpin {
-    Box::pin(dspex_actors::worker::transport::tagged_log_lines(
-        std::mem::take(&mut conn.logs),
+    futures::stream::select_all(std::mem::take(&mut conn.logs).into_iter().map(
+        |(stream, reader)| {
+            dspex_actors::log_lines(reader)
+                .map(move |line| (stream, line))
+                .boxed()
+        },
     ))
 }
 

@@ -1,11 +1,9 @@
 //! In `fds` mode the child's stdout and stderr are both log streams, and each line says
 //! which one it came from.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::spawn;
-use dspex_actors::worker::transport::LogStream;
+use crate::prelude::*;
+use dspex_actors::spawn_process as spawn;
+use dspex_actors::LogStream;
 use futures::StreamExt;
 
 #[tokio::test]

@@ -1,11 +1,9 @@
 //! The `stdio` transport: frames on the child's stdin/stdout, stderr is the only log.
 
-mod common;
-
-use common::*;
+use crate::prelude::*;
 use dspex_actors::protocol::{Request, Response};
-use dspex_actors::worker::process::{spawn, TransportKind};
-use dspex_actors::worker::transport::LogStream;
+use dspex_actors::LogStream;
+use dspex_actors::{spawn_process as spawn, TransportKind};
 use serde_json::json;
 
 #[tokio::test]

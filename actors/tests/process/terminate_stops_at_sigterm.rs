@@ -1,9 +1,7 @@
 //! The middle step of the stop ladder: a child that exits on SIGTERM is not SIGKILLed.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::{spawn, StopStep};
+use crate::prelude::*;
+use dspex_actors::{spawn_process as spawn, StopStep};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 

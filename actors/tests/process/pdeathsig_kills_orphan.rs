@@ -4,10 +4,8 @@
 //! The host here is this test binary re-run as a helper: it spawns a worker, reports the
 //! worker's pid, waits for the go-ahead and SIGKILLs itself.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::spawn;
+use crate::prelude::*;
+use dspex_actors::spawn_process as spawn;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -23,7 +21,7 @@ fn worker_dies_when_its_host_is_killed() {
     let mut host = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "worker_dies_when_its_host_is_killed",
+            "pdeathsig_kills_orphan::worker_dies_when_its_host_is_killed",
             "--nocapture",
             "--test-threads=1",
         ])

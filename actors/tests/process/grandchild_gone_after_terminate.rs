@@ -1,11 +1,9 @@
 //! `terminate` kills the whole process group at the end, even when the leader exited by
 //! itself, so a worker's own children do not linger.
 
-mod common;
-
-use common::*;
-use dspex_actors::worker::process::{spawn, StopStep};
-use dspex_actors::worker::transport::LogStream;
+use crate::prelude::*;
+use dspex_actors::LogStream;
+use dspex_actors::{spawn_process as spawn, StopStep};
 
 #[tokio::test]
 async fn grandchild_in_the_group_is_gone_after_terminate() {
