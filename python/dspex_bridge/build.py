@@ -58,7 +58,9 @@ def make_signature(spec: ProgramSpec) -> Any:
     for field in spec.outputs:
         fields[field.name] = (field.annotation, _field(dspy.OutputField, field.description))
     try:
-        return dspy.make_signature(fields, instructions=spec.instructions, signature_name=spec.name or "StringSignature")
+        return dspy.make_signature(
+            fields, instructions=spec.instructions, signature_name=spec.name or "StringSignature"
+        )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"program {spec.program_id!r}: DSPy rejected the signature: {exc}") from exc
 

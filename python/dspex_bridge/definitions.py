@@ -204,9 +204,7 @@ def parse_program(definition: Any, program_id: Optional[str] = None) -> ProgramS
     factory = definition.get("factory")
     if is_python:
         if not isinstance(factory, str) or not _FACTORY.match(factory):
-            raise InvalidRequest(
-                f"a python program needs 'factory' as \"package.module:attribute\", got {factory!r}"
-            )
+            raise InvalidRequest(f"a python program needs 'factory' as \"package.module:attribute\", got {factory!r}")
     elif factory is not None:
         raise InvalidRequest(f"'factory' belongs to python programs, not {module}; set module = \"python\"")
 

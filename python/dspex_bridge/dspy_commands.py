@@ -176,9 +176,14 @@ class DspyCommands:
         progress = optimize.Progress(ctx, name)
         with self._session(config, rate_limit_retries=True) as usage:
             try:
-                optimized = optimize.run(name, student, metric, trainset, valset, args.get("params"), concurrency, progress)
+                optimized = optimize.run(
+                    name, student, metric, trainset, valset, args.get("params"), concurrency, progress
+                )
             except Exception as exc:
-                raise self._lm_failure(config, exc) or exc
+                failure = self._lm_failure(config, exc)
+                if failure is None:
+                    raise
+                raise failure from exc
             digest = optimize.save(optimized, path)
         demos = optimize.demo_count(optimized)
         score = optimize.best_score(optimized)
@@ -307,7 +312,10 @@ class DspyCommands:
         try:
             return program.module(**inputs)
         except Exception as exc:
-            raise self._lm_failure(config, exc) or exc
+            failure = self._lm_failure(config, exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     def _outputs(self, program: Program, prediction: Any) -> Dict[str, Any]:
         from .outputs import prediction_outputs
@@ -319,16 +327,14 @@ class DspyCommands:
         if isinstance(exc, LMError):
             return None
         dspy_lm_error = getattr(self._dspy, "LMError", None)
-        is_lm = (isinstance(dspy_lm_error, type) and isinstance(exc, dspy_lm_error)) or type(
-            exc
-        ).__module__.split(".")[0] in _LM_ERROR_MODULES
+        is_lm = (isinstance(dspy_lm_error, type) and isinstance(exc, dspy_lm_error)) or type(exc).__module__.split(".")[
+            0
+        ] in _LM_ERROR_MODULES
         if not is_lm:
             return None
         from .lm_client import failure_message
 
-        error = LMError(failure_message(config.model, exc, config.api_key_env))
-        error.__cause__ = exc
-        return error
+        return LMError(failure_message(config.model, exc, config.api_key_env))
 
     def _load_dspy(self) -> Any:
         """Import and prepare DSPy once: its response cache off until an LM asks for one."""

@@ -44,7 +44,9 @@ def make_example(inputs: Dict[str, Any], labels: Dict[str, Any]) -> Any:
 
     overlap = sorted(set(inputs) & set(labels))
     if overlap:
-        raise InvalidRequest(f"labels repeat input field(s) {', '.join(map(repr, overlap))}; a field is one or the other")
+        raise InvalidRequest(
+            f"labels repeat input field(s) {', '.join(map(repr, overlap))}; a field is one or the other"
+        )
     return dspy.Example(**inputs, **labels).with_inputs(*inputs)
 
 

@@ -124,7 +124,9 @@ class LMConfig:
         }
         unknown = sorted(set(args) - known)
         if unknown:
-            raise InvalidRequest(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+            raise InvalidRequest(
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
         model = args.get("model")
         if not isinstance(model, str) or not model.strip():
             raise InvalidRequest(f"{where}.model must be a non-empty string, got {model!r}")
@@ -150,7 +152,7 @@ class LMConfig:
             raise InvalidRequest(f"{where}.cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
         cache_dir = _optional_text(args.get("cache_dir"), f"{where}.cache_dir")
         if cache == "disk" and cache_dir is None:
-            raise InvalidRequest(f"{where}.cache = \"disk\" needs {where}.cache_dir (the directory all workers share)")
+            raise InvalidRequest(f'{where}.cache = "disk" needs {where}.cache_dir (the directory all workers share)')
         return cls(
             model=model.strip(),
             api_key_env=api_key_env,
@@ -285,7 +287,11 @@ class LMs:
             if self._cache_setting == setting:
                 return
             if self._cache_setting is not None:
-                log.warning("DSPy's response cache changes from %s to %s (the newest LM's setting)", self._cache_setting, setting)
+                log.warning(
+                    "DSPy's response cache changes from %s to %s (the newest LM's setting)",
+                    self._cache_setting,
+                    setting,
+                )
             self._cache_setting = setting
             import dspy
 

@@ -132,8 +132,12 @@ class DspexLM(dspy.LM):
             ) from exc
         delay = backoff_delay(attempt, retry_after)
         log.warning(
-            "LM %r call failed (%s); retry %d/%d in %.1f s", self.model, type(exc).__name__, attempt + 1,
-            self.dspex_retries, delay,
+            "LM %r call failed (%s); retry %d/%d in %.1f s",
+            self.model,
+            type(exc).__name__,
+            attempt + 1,
+            self.dspex_retries,
+            delay,
         )
         return delay
 

@@ -155,8 +155,7 @@ def split_params(cls: type, params: Any, defaults: Dict[str, Any]) -> Tuple[Dict
     if unknown:
         accepted = sorted((init_names | compile_names) - RESERVED_PARAMS)
         raise InvalidRequest(
-            f"{cls.__name__} takes no parameter(s) {', '.join(map(repr, unknown))}; "
-            f"it takes: {', '.join(accepted)}"
+            f"{cls.__name__} takes no parameter(s) {', '.join(map(repr, unknown))}; it takes: {', '.join(accepted)}"
         )
     init_kwargs = {key: value for key, value in defaults.items() if key in init_names}
     compile_kwargs: Dict[str, Any] = {}

@@ -21,13 +21,13 @@ _lock = threading.Lock()
 def import_object(target: Any, role: str) -> Any:
     """The object named ``"pkg.mod:attr"`` (``attr`` may be dotted); ``role`` names it in errors."""
     if not isinstance(target, str) or target.count(":") != 1:
-        raise InvalidRequest(f"{role} must be \"package.module:attribute\", got {target!r}")
+        raise InvalidRequest(f'{role} must be "package.module:attribute", got {target!r}')
     with _lock:
         if target in _cache:
             return _cache[target]
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise InvalidRequest(f"{role} must be \"package.module:attribute\", got {target!r}")
+        raise InvalidRequest(f'{role} must be "package.module:attribute", got {target!r}')
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -49,9 +49,7 @@ def import_object(target: Any, role: str) -> Any:
         try:
             value = getattr(value, part)
         except AttributeError:
-            raise InvalidRequest(
-                f"{role} {target!r}: module {module_name!r} has no attribute {attribute!r}"
-            ) from None
+            raise InvalidRequest(f"{role} {target!r}: module {module_name!r} has no attribute {attribute!r}") from None
     with _lock:
         _cache[target] = value
     return value

@@ -155,7 +155,12 @@ def test_python_program_signature_may_declare_only_outputs() -> None:
 
 def test_state_reference_is_validated_without_touching_the_file() -> None:
     digest = "ab" * 32
-    raw = {"program_id": "p", "module": "python", "factory": "m:f", "state": {"path": "/nowhere/s.json", "digest": digest}}
+    raw = {
+        "program_id": "p",
+        "module": "python",
+        "factory": "m:f",
+        "state": {"path": "/nowhere/s.json", "digest": digest},
+    }
     spec = parse_program(raw)
     assert spec.state is not None and (spec.state.path, spec.state.digest) == ("/nowhere/s.json", digest)
     raw["state"] = {"path": "/nowhere/s.pkl", "digest": None}

@@ -9,12 +9,12 @@ from typing import Any, Callable, Dict, List, Literal, Optional
 
 import dspy
 import pytest
+from dspy_support import definition, prompt_text, read_trace
 
 from dspex_bridge.dspy_commands import DspyCommands
 from dspex_bridge.dummy_lm import DummyLM, append_trace, complete
 from dspex_bridge.outputs import to_json
 from dspex_bridge.programs import ProgramStore
-from dspy_support import definition, prompt_text, read_trace
 
 TYPES: Dict[str, Any] = {
     "text": "str",
@@ -228,7 +228,10 @@ def test_concurrent_threads_each_get_answers_for_their_own_signature(commands: D
         try:
             barrier.wait()
             for round_ in range(5):
-                args = {"definition": definition(f"shape{index}", [shapes[index]]), "inputs": {"question": f"q{round_}"}}
+                args = {
+                    "definition": definition(f"shape{index}", [shapes[index]]),
+                    "inputs": {"question": f"q{round_}"},
+                }
                 results[index] = commands.execute_program(args)["outputs"]
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -245,7 +248,7 @@ def test_concurrent_threads_each_get_answers_for_their_own_signature(commands: D
         "bool": lambda v: type(v) is bool,
     }
     for index, shape in enumerate(shapes):
-        (name, value), = results[index].items()
+        ((name, value),) = results[index].items()
         assert name == shape["name"]
         term = shape["type"]
         assert checks[term](value) if isinstance(term, str) else isinstance(value, list), (index, value)

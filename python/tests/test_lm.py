@@ -13,6 +13,8 @@ import time
 from typing import Any, Dict, Iterator
 
 import pytest
+from dspy_support import definition, field
+from scripted_lm import ScriptedLM
 
 from bridge_client import BridgeProcess
 from dspex_bridge._compat import RateLimited
@@ -21,8 +23,6 @@ from dspex_bridge.errors import InvalidRequest, LMError
 from dspex_bridge.lm import PLACEHOLDER_KEY, LMConfig
 from dspex_bridge.lm_client import backoff_delay, client_kind
 from dspex_bridge.programs import ProgramStore
-from dspy_support import definition, field
-from scripted_lm import ScriptedLM
 
 ENGINES = {"native": {}, "litellm": {"engine": "litellm"}}
 
@@ -107,7 +107,7 @@ def test_bad_lm_settings_are_invalid_requests_naming_the_key(settings: Dict[str,
 def test_bad_dspex_lm_names_the_variable() -> None:
     with pytest.raises(InvalidRequest, match="DSPEX_LM is not valid JSON"):
         LMConfig.from_env({"DSPEX_LM": "{model"})
-    with pytest.raises(InvalidRequest, match="DSPEX_LM.max_tokens"):
+    with pytest.raises(InvalidRequest, match=r"DSPEX_LM\.max_tokens"):
         LMConfig.from_env({"DSPEX_LM": json.dumps({"model": "m", "max_tokens": "lots"})})
 
 
@@ -128,7 +128,9 @@ def test_well_known_provider_keys_are_checked_unless_an_api_base_is_given(monkey
     assert LMConfig("openai/local", api_base="http://127.0.0.1:1/v1").api_key({}) == PLACEHOLDER_KEY
 
 
-def test_a_local_endpoint_needs_no_key(commands: DspyCommands, server: ScriptedLM, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_endpoint_needs_no_key(
+    commands: DspyCommands, server: ScriptedLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     server.set()
     lm = {"model": "openai/local-model", "api_base": server.base_url}
@@ -187,7 +189,9 @@ def test_persistent_server_errors_fail_after_exactly_num_retries_plus_one_calls(
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-def test_a_429_is_rate_limited_at_once_with_retry_after(commands: DspyCommands, server: ScriptedLM, engine: str) -> None:
+def test_a_429_is_rate_limited_at_once_with_retry_after(
+    commands: DspyCommands, server: ScriptedLM, engine: str
+) -> None:
     server.set(default="429", retry_after="7")
     with pytest.raises(RateLimited, match="rate limited") as caught:
         run(commands, server, engine=engine, num_retries=3)
@@ -255,7 +259,7 @@ def test_usage_reports_the_servers_token_counts_and_litellms_price(
 ) -> None:
     server.set()
     usage = run(commands, server, question=f"usage via {engine}", engine=engine)["usage"]
-    (model, counts), = usage.items()
+    ((model, counts),) = usage.items()
     assert model == "openai/gpt-4o-mini"
     body = server.requests[0]
     prompt_words = sum(len(str(message["content"]).split()) for message in body["messages"])
