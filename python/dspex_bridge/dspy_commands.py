@@ -174,7 +174,7 @@ class DspyCommands:
         student = self._build(spec, definition, _digest(args)).module
         concurrency = max(1, int(getattr(ctx, "concurrency", 1) or 1))
         progress = optimize.Progress(ctx, name)
-        with self._session(config, rate_limit_retries=True) as usage:
+        with self._session(config, optimizing=True) as usage:
             try:
                 optimized = optimize.run(
                     name, student, metric, trainset, valset, args.get("params"), concurrency, progress
@@ -289,16 +289,21 @@ class DspyCommands:
         return self._default
 
     @contextlib.contextmanager
-    def _session(self, config: LMConfig, rate_limit_retries: bool = False) -> Iterator[Any]:
-        """The DSPy context of one request: its LM and its own usage tracker."""
+    def _session(self, config: LMConfig, optimizing: bool = False) -> Iterator[Any]:
+        """The DSPy context of one request: its LM and its own usage tracker.
+
+        An optimizer run retries 429s inside the worker (it is one long request the host
+        cannot usefully retry) and keeps DSPy's call history, which optimizers read; a row
+        request does neither (see :mod:`.usage`).
+        """
         dspy = self._load_dspy()
-        from .usage import RequestUsage
+        from .usage import KEEP_HISTORY, RequestUsage
 
         lm = self._lms.get(config)
-        if rate_limit_retries and hasattr(lm, "with_rate_limit_retries"):
+        if optimizing and hasattr(lm, "with_rate_limit_retries"):
             lm = lm.with_rate_limit_retries()
         usage = RequestUsage()
-        settings: Dict[str, Any] = {"lm": lm, "usage_tracker": usage}
+        settings: Dict[str, Any] = {"lm": lm, "usage_tracker": usage, KEEP_HISTORY: optimizing}
         if config.is_dummy:
             from .dummy_lm import FORMAT_RECORDER
 

@@ -147,10 +147,10 @@ class DummyLM(dspy.BaseLM):
         return self.forward(prompt=prompt, messages=messages, **kwargs)
 
     def update_history(self, entry: Dict[str, Any]) -> None:
-        from .usage import record_call_cost
+        from .usage import record_call
 
-        record_call_cost(self.model, entry)
-        super().update_history(entry)
+        if record_call(self.model, entry):
+            super().update_history(entry)
 
 
 def append_trace(path: str, messages: Any) -> None:

@@ -42,7 +42,7 @@ from dspy.utils.exceptions import (
 from ._compat import RateLimited
 from .errors import LMError
 from .lm import LMConfig
-from .usage import record_call_cost
+from .usage import record_call
 
 log = logging.getLogger("dspex_bridge.lm")
 
@@ -98,8 +98,8 @@ class DspexLM(dspy.LM):
         return copied
 
     def update_history(self, entry: Dict[str, Any]) -> None:
-        record_call_cost(self.model, entry)
-        super().update_history(entry)
+        if record_call(self.model, entry):
+            super().update_history(entry)
 
     def dump_state(self) -> Dict[str, Any]:
         # A program saved while this LM is attached to a predictor must load anywhere as a

@@ -11,9 +11,15 @@ Two gaps in DSPy 3.4 are closed here:
   in those threads would be lost. :class:`RequestUsage` returns itself from
   ``__deepcopy__`` and locks its updates, so all threads of one request add to one tracker;
 * the tracker sees token counts only. The cost of a call reaches the LM's history entry,
-  so the bridge's LMs call :func:`record_call_cost` from ``update_history``.
+  so the bridge's LMs call :func:`record_call` from ``update_history``.
 
 A cache hit adds no usage (DSPy reports ``{}`` for it) and no cost.
+
+History: DSPy keeps every call's messages and response in the LM's, each calling module's
+and a global history (up to 10 000 entries each), which in a worker running a 500 000-row
+job is memory spent on nothing. Row requests therefore run with :data:`KEEP_HISTORY` off and
+the bridge's LMs record only the cost; optimizer runs keep history, which DSPy's
+optimizers read.
 """
 
 from __future__ import annotations
@@ -83,8 +89,16 @@ def _count(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def record_call_cost(model: str, entry: Dict[str, Any]) -> None:
-    """Add a finished call's cost (from its history ``entry``) to the request's tracker."""
+#: DSPy settings key: whether the bridge's LMs add their calls to DSPy's histories.
+KEEP_HISTORY = "dspex_keep_history"
+
+
+def record_call(model: str, entry: Dict[str, Any]) -> bool:
+    """Add a finished call's cost (from its history ``entry``) to the request's tracker.
+
+    Returns whether the entry should also go to DSPy's histories (see the module doc).
+    """
     tracker = settings.usage_tracker
     if isinstance(tracker, RequestUsage) and entry.get("usage"):
         tracker.add_cost(model, entry.get("cost"))
+    return bool(settings.get(KEEP_HISTORY, True))

@@ -314,3 +314,30 @@ def test_disk_cache_is_shared_by_a_second_worker_process(server: ScriptedLM, tmp
     assert results[0]["usage"]["openai/gpt-4o-mini"]["calls"] == 1
     assert results[1]["usage"] == {}
     assert oct(os.stat(cache_dir).st_mode & 0o777) == "0o700"
+
+
+def test_async_calls_follow_the_same_retry_policy(commands: DspyCommands, server: ScriptedLM) -> None:
+    import asyncio
+
+    import dspy
+
+    lm = commands._lms.get(LMConfig.from_args(lm_args(server, num_retries=2)))
+    server.set(["500", "ok"], retry_after="0")
+    with dspy.context(lm=lm):
+        assert asyncio.run(dspy.Predict("question -> answer").acall(question="q")).answer
+    assert server.calls == 2
+    server.set(default="429", retry_after="2")
+    with dspy.context(lm=lm), pytest.raises(RateLimited):
+        asyncio.run(dspy.Predict("question -> answer").acall(question="q"))
+    assert server.calls == 1
+
+
+def test_row_requests_leave_no_call_history_behind(commands: DspyCommands, server: ScriptedLM) -> None:
+    from dspy.clients.base_lm import GLOBAL_HISTORY
+
+    server.set()
+    before = len(GLOBAL_HISTORY)
+    result = run(commands, server, question="no history")
+    lm = commands._lms.get(LMConfig.from_args(lm_args(server)))
+    assert lm.history == [] and len(GLOBAL_HISTORY) == before
+    assert result["usage"]["openai/gpt-4o-mini"]["cost"] > 0  # the cost still reached the usage
