@@ -6,12 +6,13 @@ and sessions so they do not depend on each other's state.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from bridge_client import BridgeProcess
+from bridge_client import FIXTURES, BridgeProcess
 
 # Variables that could point DSPy/LiteLLM at a real provider or a cache outside HOME.
 SCRUBBED_ENV = [
@@ -283,3 +284,25 @@ def test_a_fresh_worker_rebuilds_from_the_definition_with_identical_outputs(work
         {"session_id": "portable", "program_id": "portable", "inputs": {"question": "How many legs does an ant have?"}},
     )
     assert other["outputs"] != first["outputs"]
+
+
+def test_a_worker_preloads_its_lm_and_traces_the_dummys_calls(spawn: Any, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    env = {
+        "DSPEX_LM": json.dumps({"model": "dummy"}),
+        "DSPEX_PRELOAD_DSPY": "1",
+        "DSPEX_DUMMY_TRACE": str(trace),
+        "DSPEX_PYTHON_PATH": FIXTURES,
+        "HOME": str(tmp_path),
+    }
+    worker = spawn("fds", env=env, remove_env=SCRUBBED_ENV)
+    assert worker.call("ping", {"initialization": True})["dspy_loaded"] is True
+    program = {"program_id": "qta", "module": "python", "factory": "user_programs:QueryThenAnswer"}
+    for question in ("One?", "Two?"):
+        result = worker.call("execute_program", {"definition": program, "inputs": {"question": question}})
+        assert set(result["outputs"]) == {"query", "answer", "confidence"}
+        assert result["usage"]["dummy"]["calls"] == 2
+    lines = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 4
+    assert {line["pid"] for line in lines} == {worker.process.pid}
+    assert "Two?" in json.dumps(lines[-1]["messages"])

@@ -293,10 +293,11 @@ def test_memory_cache_answers_a_repeated_call_without_the_server(commands: DspyC
     assert second["usage"] == {}
 
 
-def test_disk_cache_is_shared_by_a_second_worker_process(server: ScriptedLM, tmp_path: Any) -> None:
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_disk_cache_is_shared_by_a_second_worker_process(server: ScriptedLM, tmp_path: Any, engine: str) -> None:
     cache_dir = tmp_path / "lm-cache"
     env = {
-        "DSPEX_LM": json.dumps({**lm_args(server), "cache": "disk", "cache_dir": str(cache_dir)}),
+        "DSPEX_LM": json.dumps({**lm_args(server, engine), "cache": "disk", "cache_dir": str(cache_dir)}),
         "OPENAI_TEST_KEY": "k",
         "HOME": str(tmp_path),
     }
