@@ -161,13 +161,13 @@ class DspyCommands:
         from . import optimize
         from .evaluate import load_metric
 
+        self._load_dspy()
         name = args.get("optimizer")
         optimize.optimizer_class(name)
         path = optimize.out_path(args.get("out"))
         metric = load_metric(args.get("metric"))
         definition = args.get("definition")
         spec = parse_program(definition, _program_id(args, required=False))
-        self._load_dspy()
         trainset = optimize.examples(args.get("trainset"), "trainset")
         valset = optimize.examples(args["valset"], "valset") if args.get("valset") is not None else None
         config = self._lm_config(args)
