@@ -169,7 +169,7 @@ def test_bootstrap_fewshot_writes_a_state_that_changes_the_prompt_exactly_by_its
 
 
 def test_bootstrap_random_uses_the_workers_concurrency_and_reports_its_best_score(
-    commands: DspyCommands, tmp_path: Path
+    commands: DspyCommands, trace: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "random.json"
     ctx = Ctx(concurrency=3)
@@ -179,6 +179,8 @@ def test_bootstrap_random_uses_the_workers_concurrency_and_reports_its_best_scor
     # Every candidate scores 100, so the first (zero-shot) one stays best: no demos.
     assert result["demos"] == len(json.loads(out.read_text(encoding="utf-8"))["demos"]) == 0
     assert "3 thread(s)" in ctx.events[0]["message"]
+    # Calls made in DSPy's evaluation threads count too: usage matches every call the LM saw.
+    assert result["usage"]["dummy"]["calls"] == len(read_trace(trace)) > 16
     assert len([event for event in ctx.events if event.get("stage") == "evaluate"]) >= 5  # one per candidate
     assert any(event.get("stage") == "log" for event in ctx.events) or len(ctx.events) > 10
 
