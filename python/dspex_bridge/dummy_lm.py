@@ -22,6 +22,18 @@ prompt text, answering in ``ChatAdapter`` format.
 
 Determinism: every value is derived from a SHA-256 of the messages (never Python's ``hash``,
 which is salted per process), so equal prompts give equal answers in any process.
+
+Concurrency: the recorder keeps the last format in a context variable, so each request
+thread (and each thread DSPy's ``ParallelExecutor`` starts) sees only its own adapter's
+record; pending records are keyed by DSPy's per-call id.
+
+What it was sent: with ``trace_path`` (``DSPEX_DUMMY_TRACE``) every call appends one JSON
+line ``{"pid", "model": "dummy", "messages"}`` to that file with a single ``write`` on an
+``O_APPEND`` descriptor, so lines from concurrent threads and workers never interleave and
+host tests can count calls and read the prompts (demos included).
+
+Usage: token counts are words (whitespace-separated) of the prompt and of the completion,
+deterministic like the answers; cost is unknown (``None``).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import contextvars
 import enum
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -97,14 +110,17 @@ class DummyLM(dspy.BaseLM):
     fields filled the same way. Anything else gets a string.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trace_path: Optional[str] = None) -> None:
         # No cache and no retries: every call must exercise formatting and parsing, and a
         # dummy never fails transiently.
         super().__init__(model=MODEL_NAME, model_type="chat", cache=False, num_retries=0)
+        self.trace_path = trace_path
 
     def forward(self, prompt: Optional[str] = None, messages: Optional[List[Dict[str, Any]]] = None, **kwargs: Any):
         """Answer one call with an OpenAI-shaped chat completion."""
         messages = messages if messages is not None else [{"role": "user", "content": prompt or ""}]
+        if self.trace_path:
+            append_trace(self.trace_path, messages)
         count = kwargs.get("n") or 1
         choices = []
         for index in range(count):
@@ -129,6 +145,22 @@ class DummyLM(dspy.BaseLM):
     ):
         """Async twin of :meth:`forward`; the dummy never blocks."""
         return self.forward(prompt=prompt, messages=messages, **kwargs)
+
+    def update_history(self, entry: Dict[str, Any]) -> None:
+        from .usage import record_call
+
+        if record_call(self.model, entry):
+            super().update_history(entry)
+
+
+def append_trace(path: str, messages: Any) -> None:
+    """Append one call's line to the trace file in a single ``O_APPEND`` write."""
+    line = json.dumps({"pid": os.getpid(), "model": MODEL_NAME, "messages": messages}, default=str) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def complete(messages: List[Dict[str, Any]], variant: int = 0) -> str:

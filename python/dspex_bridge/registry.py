@@ -25,6 +25,8 @@ BUILTIN_COMMANDS = frozenset(
         "list_programs",
         "delete_program",
         "get_program_info",
+        "evaluate",
+        "optimize",
     }
 )
 

@@ -1,17 +1,20 @@
-"""Signature building, the dummy LM and output conversion, in-process against real DSPy."""
+"""Signature building and the dummy LM, in-process against real DSPy."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Literal, Optional
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Literal, Optional
 
+import dspy
 import pytest
+from dspy_support import definition, prompt_text, read_trace
 
-dspy = pytest.importorskip("dspy")
-
-from dspex_bridge.dspy_commands import DspyCommands, LMConfig, _api_key, _is_lm_failure, _lm_failure_message, to_json  # noqa: E402
-from dspex_bridge.dummy_lm import DummyLM, complete  # noqa: E402
-from dspex_bridge.errors import LMError  # noqa: E402
-from dspex_bridge.programs import ProgramStore  # noqa: E402
+from dspex_bridge.dspy_commands import DspyCommands
+from dspex_bridge.dummy_lm import DummyLM, append_trace, complete
+from dspex_bridge.outputs import to_json
+from dspex_bridge.programs import ProgramStore
 
 TYPES: Dict[str, Any] = {
     "text": "str",
@@ -142,42 +145,6 @@ def test_dummy_returns_n_distinct_choices() -> None:
     assert response["model"] == "dummy"
 
 
-def test_api_key_named_by_api_key_env_is_required_and_returned() -> None:
-    config = LMConfig("openai/gpt-4o-mini", api_key_env="MY_KEY")
-    with pytest.raises(LMError, match="set MY_KEY"):
-        _api_key(config, {})
-    assert _api_key(config, {"MY_KEY": "sk-test"}) == "sk-test"
-
-
-def test_well_known_provider_keys_are_checked_and_others_left_to_dspy() -> None:
-    with pytest.raises(LMError, match="set GEMINI_API_KEY or GOOGLE_API_KEY"):
-        _api_key(LMConfig("gemini/gemini-1.5-flash"), {})
-    assert _api_key(LMConfig("gemini/gemini-1.5-flash"), {"GOOGLE_API_KEY": "k"}) is None
-    assert _api_key(LMConfig("ollama_chat/llama3"), {}) is None
-
-
-def test_dspy_and_provider_exceptions_count_as_lm_failures() -> None:
-    missing = dspy.LMNotConfiguredError("no API key found for provider 'openai-chat'. Set OPENAI_API_KEY")
-    assert _is_lm_failure(missing, dspy)
-    assert not _is_lm_failure(ValueError("bad input"), dspy)
-    message = _lm_failure_message(LMConfig("openai/gpt-4o-mini", api_key_env="OPENAI_KEY"), missing)
-    assert "OPENAI_API_KEY" in message and "OPENAI_KEY" in message and "lm.api_key_env" in message
-
-
-def test_lm_config_from_env_names_the_bad_variable() -> None:
-    assert LMConfig.from_env({}) == LMConfig("dummy")
-    config = LMConfig.from_env(
-        {"DSPEX_LM_MODEL": "openai/x", "DSPEX_LM_TEMPERATURE": "0.5", "DSPEX_LM_MAX_TOKENS": "64"}
-    )
-    assert (config.model, config.temperature, config.max_tokens) == ("openai/x", 0.5, 64)
-    with pytest.raises(ValueError, match="DSPEX_LM_MAX_TOKENS='lots'"):
-        LMConfig.from_env({"DSPEX_LM_MAX_TOKENS": "lots"})
-
-
-def test_equal_lm_configs_share_one_lm_object(commands: DspyCommands) -> None:
-    assert commands._lm(LMConfig("dummy")) is commands._lm(LMConfig("dummy"))
-
-
 class Point:
     """Stands in for a pydantic model: anything with ``model_dump`` is dumped."""
 
@@ -202,3 +169,86 @@ def test_outputs_are_converted_to_plain_json_of_the_declared_type(value: Any, te
     converted = to_json(value, term)
     assert converted == expected
     assert type(converted) is type(expected)
+
+
+def test_trace_records_each_call_with_pid_model_and_the_messages_sent(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    commands = DspyCommands(ProgramStore(), env={"DSPEX_DUMMY_TRACE": str(trace)})
+    args = {"definition": definition("traced", instructions="Answer in one word."), "inputs": {"question": "Why?"}}
+    commands.execute_program(args)
+    commands.execute_program(args)
+    entries = read_trace(str(trace))
+    assert len(entries) == 2
+    assert {entry["model"] for entry in entries} == {"dummy"}
+    assert {entry["pid"] for entry in entries} == {__import__("os").getpid()}
+    assert entries[0]["messages"] == entries[1]["messages"]
+    assert entries[0]["messages"][0]["role"] == "system"
+    assert "Answer in one word." in prompt_text(entries[0])
+    assert "Why?" in prompt_text(entries[0])
+
+
+def test_trace_lines_stay_whole_when_threads_append_at_once(tmp_path: Path) -> None:
+    trace = str(tmp_path / "trace.jsonl")
+    big = [{"role": "user", "content": "x" * 70_000}]  # far over PIPE_BUF: one write per line still
+    threads = [threading.Thread(target=lambda: [append_trace(trace, big) for _ in range(10)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = Path(trace).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 80
+    assert all(json.loads(line)["messages"] == big for line in lines)
+
+
+def test_dummy_usage_is_deterministic_word_counts(commands: DspyCommands) -> None:
+    args = {"definition": definition("counted"), "inputs": {"question": "How many words?"}}
+    first = commands.execute_program(args)["usage"]
+    assert first == commands.execute_program(args)["usage"]
+    usage = first["dummy"]
+    assert usage["calls"] == 1 and usage["cost"] is None
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    response = DummyLM().forward(messages=[{"role": "user", "content": "one two three"}])
+    assert response["usage"]["prompt_tokens"] == 3
+    assert response["usage"]["completion_tokens"] == len(response["choices"][0]["message"]["content"].split())
+
+
+def test_concurrent_threads_each_get_answers_for_their_own_signature(commands: DspyCommands) -> None:
+    # Each thread formats a different signature; the recorder's record is per thread, so each
+    # completion must carry exactly that thread's output fields and types.
+    shapes: List[Dict[str, Any]] = [
+        {"name": f"out{index}", "type": term, "description": None}
+        for index, term in enumerate(["int", "float", {"list": "str"}, "bool"] * 2)
+    ]
+    results: Dict[int, Dict[str, Any]] = {}
+    errors: List[BaseException] = []
+    barrier = threading.Barrier(len(shapes))
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            for round_ in range(5):
+                args = {
+                    "definition": definition(f"shape{index}", [shapes[index]]),
+                    "inputs": {"question": f"q{round_}"},
+                }
+                results[index] = commands.execute_program(args)["outputs"]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(shapes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    checks: Dict[str, Callable[[Any], bool]] = {
+        "int": lambda v: type(v) is int,
+        "float": lambda v: type(v) is float,
+        "bool": lambda v: type(v) is bool,
+    }
+    for index, shape in enumerate(shapes):
+        ((name, value),) = results[index].items()
+        assert name == shape["name"]
+        term = shape["type"]
+        assert checks[term](value) if isinstance(term, str) else isinstance(value, list), (index, value)

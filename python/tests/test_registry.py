@@ -8,6 +8,8 @@ from typing import Iterator
 import pytest
 
 from dspex_bridge import command
+from dspex_bridge.dspy_commands import DspyCommands
+from dspex_bridge.programs import ProgramStore
 from dspex_bridge.registry import BUILTIN_COMMANDS, unregister, user_command, user_command_names
 from dspex_bridge.worker import Streams, Worker
 
@@ -77,6 +79,8 @@ def test_empty_name_is_refused() -> None:
         command("")(lambda args: None)
 
 
-def test_worker_implements_exactly_the_reserved_builtin_names() -> None:
+def test_worker_and_dspy_half_implement_exactly_the_reserved_builtin_names() -> None:
     worker = Worker("w", Streams(io.BytesIO(), io.BytesIO()))
-    assert set(worker.builtin_names()) == BUILTIN_COMMANDS
+    dspy_handlers = DspyCommands(ProgramStore(), env={}).handlers()
+    assert {"evaluate", "optimize", "execute_program"} <= set(dspy_handlers)
+    assert set(worker.builtin_names()) | set(dspy_handlers) == BUILTIN_COMMANDS
