@@ -107,6 +107,18 @@ class DspyCommands:
         self._lms: Dict[LMConfig, Any] = {}
         self._dspy: Any = None
 
+    def handlers(self) -> Dict[str, Any]:
+        """The commands as ``handler(args, ctx)`` (contract §5); a shim until the rewrite."""
+        commands = (
+            self.configure_lm,
+            self.create_program,
+            self.execute_program,
+            self.list_programs,
+            self.delete_program,
+            self.get_program_info,
+        )
+        return {method.__name__: (lambda args, ctx, method=method: method(args)) for method in commands}
+
     # -- commands ---------------------------------------------------------------------------
 
     def create_program(self, args: Dict[str, Any]) -> Dict[str, Any]:
