@@ -30,8 +30,8 @@ Limits:
 * A grandchild that leaves the process group (``setsid``, ``setpgid``, a daemonising
   double fork, ``start_new_session=True``) escapes. A cgroup would catch it; dspex does not
   require one.
-* Only with the ``fds`` transport: the ``stdio`` transport serves legacy bridge scripts, and
-  the host passes no lifeline to them.
+* The host passes a lifeline only with the ``fds`` transport: the ``stdio`` transport is for
+  legacy bridge scripts, which know nothing of it and get no reaper.
 * If the reaper itself is killed on its own (``kill -9`` of its pid), nothing is reaped when
   the host later dies; the worker carries on without it.
 * POSIX only (``fork``, process groups).

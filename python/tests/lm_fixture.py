@@ -50,6 +50,12 @@ class LMServer:
     def stats(self) -> Dict[str, Any]:
         return self.get("/stats")
 
+    def wait_in_flight(self, count: int) -> Dict[str, Any]:
+        """Block until the server has ``count`` calls in flight; returns its stats."""
+        stats = self.get(f"/wait?in_flight={count}&timeout={DEFAULT_TIMEOUT}")
+        assert stats.pop("reached"), f"never {count} calls in flight: {stats}"
+        return stats
+
     def control(self, **changes: Any) -> None:
         status, _, body = self.post("/control", changes)
         assert status == 200, body

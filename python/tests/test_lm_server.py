@@ -117,25 +117,22 @@ def test_usage_counts_words_and_several_choices_differ(lm_server: LMServer) -> N
 
 
 def test_calls_above_the_concurrency_limit_get_429_at_once(lm_server: LMServer) -> None:
-    lm_server.control(delay=2.0, max_concurrency=2, retry_after=1.5)
+    lm_server.control(max_concurrency=2, retry_after=1.5, hold=True)
     statuses: List[int] = []
     callers = [threading.Thread(target=lambda: statuses.append(lm_server.chat(QUESTION)[0])) for _ in range(2)]
     for caller in callers:
         caller.start()
-    deadline = time.monotonic() + DEFAULT_TIMEOUT
-    while lm_server.stats()["in_flight"] < 2:
-        assert time.monotonic() < deadline, "the two calls never arrived"
-        time.sleep(0.01)
+    lm_server.wait_in_flight(2)
     status, headers, body = lm_server.chat(QUESTION)
     assert status == 429
     assert headers["Retry-After"] == "1.5"
     assert body["error"]["type"] == "rate_limit_error"
-    # Answered while both accepted calls were still waiting out their delay.
+    # Answered while both accepted calls were still held.
     assert lm_server.stats()["in_flight"] == 2
+    lm_server.control(hold=False)
     for caller in callers:
         caller.join(DEFAULT_TIMEOUT)
     assert statuses == [200, 200]
-    lm_server.control(delay=0)
     assert lm_server.chat(QUESTION)[0] == 200
     assert lm_server.stats() == {
         "calls": 4,
@@ -148,6 +145,13 @@ def test_calls_above_the_concurrency_limit_get_429_at_once(lm_server: LMServer) 
         "peak_after_first_429": 1,
         "arrivals_by_in_flight": {"0": 2, "1": 1, "2": 1},
     }
+
+
+def test_the_delay_comes_before_the_answer(lm_server: LMServer) -> None:
+    lm_server.control(delay=0.5)
+    started = time.monotonic()
+    assert lm_server.chat(QUESTION)[0] == 200
+    assert time.monotonic() - started >= 0.5
 
 
 def test_scripted_failures_come_first_then_the_default(lm_server: LMServer) -> None:
@@ -165,7 +169,7 @@ def test_scripted_failures_come_first_then_the_default(lm_server: LMServer) -> N
 
 @pytest.mark.parametrize(
     "body",
-    [{"delay": -1}, {"max_concurrency": "two"}, {"script": ["503"]}, {"default": "maybe"}, {"speed": 1}],
+    [{"delay": -1}, {"max_concurrency": "two"}, {"script": ["503"]}, {"default": "maybe"}, {"hold": 1}, {"speed": 1}],
 )
 def test_bad_control_values_are_refused(lm_server: LMServer, body: Dict[str, Any]) -> None:
     status, _, answer = lm_server.post("/control", body)
