@@ -682,6 +682,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns the exit code for failures before serving starts; once the worker has served, it
     leaves with ``os._exit`` (see :meth:`Worker.serve`).
     """
+    # SIGTERM anywhere in start-up (a slow handler import, the reaper's fork) exits 0, as it
+    # does while serving; the serving loop installs its own handler.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _start(argv)
+    except _Terminated:
+        sys.stderr.write("dspex_bridge: worker terminated by signal during start-up; exiting\n")
+        _hard_exit(EXIT_OK)
+    return EXIT_OK  # not reached
+
+
+def _start(argv: Optional[Sequence[str]]) -> int:
     try:
         streams = claim_transport(os.environ.get("DSPEX_TRANSPORT") or "stdio")
     except TransportError as exc:
@@ -704,13 +716,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if lifeline is not None:
         # Before anything can start a thread: fork copies only the calling thread.
         start_reaper(lifeline)
-    # Until the loop owns the signals, SIGTERM during a slow handler import still exits 0.
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        failures = load_handlers(os.environ)
-    except _Terminated:
-        log.info("worker %s terminated by signal during start-up; exiting", worker_id)
-        _hard_exit(EXIT_OK)
+    failures = load_handlers(os.environ)
     log.info(
         "worker %s ready (pid %d, python %s, concurrency %d)",
         worker_id,

@@ -149,3 +149,12 @@ def test_an_event_that_is_not_an_object_fails_the_request(spawn: SpawnFn) -> Non
     assert response["success"] is False
     assert response["error"]["type"] == "TypeError"
     assert "an event must be a dict" in response["error"]["message"]
+
+
+def test_an_event_over_the_frame_limit_is_refused_to_the_handler(spawn: SpawnFn) -> None:
+    worker = spawn("fds", env=runtime_env(DSPEX_MAX_FRAME_BYTES="1024"))
+    request_id = worker.send("emit_big", {"size": 2000})
+    result = worker.response(request_id)["result"]
+    assert "exceeds the 1024-byte frame limit" in result["refused"]
+    assert request_id not in worker.events
+    assert worker.call("emit_big", {"size": 10}) == {"refused": None}
