@@ -84,6 +84,18 @@ class DspyCommands:
         """The model ``preload`` built, for ``ping``'s ``lm`` field (``None`` before)."""
         return self._preloaded
 
+    def handlers(self) -> Dict[str, Any]:
+        """The commands as ``handler(args, ctx)`` (contract §5); a shim until the rewrite."""
+        commands = (
+            self.configure_lm,
+            self.create_program,
+            self.execute_program,
+            self.list_programs,
+            self.delete_program,
+            self.get_program_info,
+        )
+        return {method.__name__: (lambda args, ctx, method=method: method(args)) for method in commands}
+
     # -- commands ---------------------------------------------------------------------------
 
     def configure_lm(self, args: Dict[str, Any], ctx: Any = None) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ worker loop deals only in decoded requests and response dictionaries.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 from typing import Any, BinaryIO, Dict, Optional
@@ -100,22 +101,110 @@ def dumps(message: Dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+class UndecodableRequest(Exception):
+    """A request frame whose id is valid but whose whole body could not be decoded.
+
+    JSON nested deeper than Python's recursion limit, or a body too large for the memory
+    left, is the request's problem, not the stream's: the frame boundary is intact, so the
+    worker answers this one request with an error and goes on.
+    """
+
+    def __init__(self, request_id: int, command: Any, cause: BaseException) -> None:
+        super().__init__(f"request {request_id} could not be decoded: {type(cause).__name__}")
+        self.request_id = request_id
+        self.command = command if isinstance(command, str) else None
+        self.cause = cause
+
+
 def decode_request(payload: bytes) -> Dict[str, Any]:
     """Decode a request frame's payload into a dictionary.
 
     Raises :class:`ProtocolError` when the payload is not UTF-8 JSON holding an object with
-    an integer ``id``: without an id there is nobody to address an error response to.
+    an integer ``id``: without an id there is nobody to address an error response to. Raises
+    :class:`UndecodableRequest` when the JSON is too deep or too big to decode but its
+    top-level ``id`` can still be read.
     """
     try:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"request frame is not UTF-8 JSON: {exc}") from exc
+    except (RecursionError, MemoryError) as exc:
+        fields = _top_level_scalars(payload)
+        request_id = fields.get("id")
+        if not _valid_id(request_id):
+            raise ProtocolError(
+                f"request frame could not be decoded ({type(exc).__name__}) and has no readable id"
+            ) from exc
+        raise UndecodableRequest(request_id, fields.get("command"), exc) from exc
     if not isinstance(message, dict):
         raise ProtocolError(f"request frame holds a JSON {type(message).__name__}, not an object")
     request_id = message.get("id")
-    if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id < 0:
+    if not _valid_id(request_id):
         raise ProtocolError(f"request frame has no valid id (got {request_id!r})")
     return message
+
+
+def _valid_id(request_id: Any) -> bool:
+    return isinstance(request_id, int) and not isinstance(request_id, bool) and request_id >= 0
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_SCALAR = re.compile(rb"[^,}\]\s]+")
+_SPACE = re.compile(rb"\s*")
+
+
+def _top_level_scalars(payload: bytes) -> Dict[str, Any]:
+    """The scalar members of a JSON object's top level, read without recursion.
+
+    Nested values are skipped by counting brackets (strings matched whole, so brackets in
+    them do not count); it is the fallback for frames ``json.loads`` cannot take, so it
+    needs neither deep recursion nor a decoded copy of the payload. Returns what it could
+    read before anything unexpected.
+    """
+    found: Dict[str, Any] = {}
+    try:
+        position = _SPACE.match(payload, 0).end()
+        if payload[position : position + 1] != b"{":
+            return found
+        position += 1
+        while True:
+            position = _SPACE.match(payload, position).end()
+            key = _JSON_STRING.match(payload, position)
+            if key is None:
+                return found
+            position = _SPACE.match(payload, key.end()).end()
+            if payload[position : position + 1] != b":":
+                return found
+            position = _SPACE.match(payload, position + 1).end()
+            first = payload[position : position + 1]
+            if first in (b"{", b"["):
+                position = _skip_nested(payload, position)
+            else:
+                scalar = (_JSON_STRING if first == b'"' else _SCALAR).match(payload, position)
+                if scalar is None:
+                    return found
+                found.setdefault(json.loads(key.group()), json.loads(scalar.group()))
+                position = scalar.end()
+            position = _SPACE.match(payload, position).end()
+            if payload[position : position + 1] != b",":
+                return found
+            position += 1
+    except (ValueError, UnicodeDecodeError, MemoryError):
+        return found
+
+
+def _skip_nested(payload: bytes, start: int) -> int:
+    depth = 0
+    for token in _STRUCTURE.finditer(payload, start):
+        mark = token.group()
+        if mark in (b"{", b"["):
+            depth += 1
+        elif mark in (b"}", b"]"):
+            depth -= 1
+            if depth == 0:
+                return token.end()
+    raise ValueError("unbalanced brackets")
 
 
 def success(request_id: int, result: Any) -> Dict[str, Any]:
@@ -123,9 +212,21 @@ def success(request_id: int, result: Any) -> Dict[str, Any]:
     return {"id": request_id, "success": True, "result": result, "timestamp": time.time()}
 
 
-def failure(request_id: int, error_type: str, message: str, traceback: Optional[str] = None) -> Dict[str, Any]:
-    """Build a failure response carrying a structured error."""
+def failure(
+    request_id: int, error_type: str, message: str, traceback: Optional[str] = None, **extra: Any
+) -> Dict[str, Any]:
+    """Build a failure response carrying a structured error.
+
+    ``extra`` adds fields to the error object (``retry_after`` of a ``RateLimited``); those
+    that are ``None`` are left out, like ``traceback``.
+    """
     error: Dict[str, Any] = {"type": error_type, "message": message}
     if traceback is not None:
         error["traceback"] = traceback
+    error.update((key, value) for key, value in extra.items() if value is not None)
     return {"id": request_id, "success": False, "error": error}
+
+
+def event(request_id: int, payload: Dict[str, Any]) -> Dict[str, Any]:
+    """Build an event frame: progress of a request still running, before its response."""
+    return {"id": request_id, "event": payload}

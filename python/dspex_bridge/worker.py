@@ -1,33 +1,57 @@
 """The worker process: claims the protocol streams, loads user handlers, serves requests.
 
-One worker is one Python process owned by one host-side ``Worker`` actor. It reads request
-frames, handles them one at a time in order, and writes one response frame per request. The
-process contract (argv, environment, exit codes) is fixed by the host:
+One worker is one Python process owned by one host-side ``Worker`` actor. Real LM calls are
+waits of 0.3-3 s, so a worker runs several requests at once instead of one process per call
+in flight: the main thread reads request frames continuously and hands user requests to a
+pool of at most ``DSPEX_WORKER_CONCURRENCY`` threads, which answer in whatever order they
+finish. Control commands (``ping``, ``shutdown``, ``get_stats``, ``cleanup_session``,
+``reset_state``) are answered on the reading thread at once, so a health ping never waits
+behind a slow LM. Every frame (response or event) is written whole under one lock.
 
-* exit 0 on end of the request stream, on ``shutdown``, and on SIGTERM;
+Threads rather than asyncio: DSPy programs are synchronous code that blocks in its LM client,
+user modules often define only ``forward``, and user ``@command`` functions are plain
+functions; a thread runs all of them unchanged. ``benches/bridge_concurrency.py`` measures
+both designs against a local LM server (the numbers are in its docstring).
+
+Process contract (argv, environment, exit codes) as the host relies on it:
+
+* exit 0 on end of the request stream or ``shutdown`` (after answering every request already
+  read, then at once: ``os._exit``, so threads an LM client left behind cannot hold the
+  process), and on SIGTERM (at once; requests in flight are not answered, but a frame being
+  written is finished first);
 * exit 2 on a usage or environment error (bad flags, bad ``DSPEX_*`` values);
-* exit 3 on a protocol violation (oversized, truncated or undecodable request frame), after
-  which the host replaces the worker.
+* exit 3 on a protocol violation (oversized, truncated or undecodable request frame without
+  a usable id), after answering the requests already read; the host replaces the worker.
+
+A request that has a valid id never kills the worker: whatever goes wrong while decoding or
+handling it (deep nesting, ``MemoryError``, bad argument shapes, ``sys.exit``) becomes that
+request's error response.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextvars
 import importlib
+import json
 import logging
 import os
 import platform
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import protocol
+from .context import RequestContext, activate
 from .dspy_commands import DspyCommands
-from .errors import InvalidRequest, ResponseTooLarge, UnknownCommand
+from .errors import BridgeError, InvalidRequest, ResponseTooLarge, UnknownCommand
 from .programs import ProgramStore, scope_of
+from .reaper import LifelineError, lifeline_fd, start_reaper
 from .registry import user_command, user_command_names
 
 log = logging.getLogger("dspex_bridge")
@@ -39,6 +63,16 @@ EXIT_PROTOCOL = 3
 #: File descriptors the host passes in ``fds`` mode: requests in, responses out.
 REQUEST_FD = 3
 RESPONSE_FD = 4
+
+#: Answered on the reading thread, never queued behind busy slots.
+CONTROL_COMMANDS = frozenset({"ping", "shutdown", "get_stats", "cleanup_session", "reset_state"})
+
+#: How long SIGTERM waits for another thread to finish the frame it is writing. The host
+#: is not reading when this runs out (a full pipe), so a torn frame then harms nobody.
+_TERMINATE_WRITE_WAIT = 2.0
+
+#: A built-in command: ``handler(args, ctx)``. User commands are ``fn(args)``.
+BuiltinHandler = Callable[[Dict[str, Any], RequestContext], Any]
 
 
 class TransportError(Exception):
@@ -121,6 +155,115 @@ class _Terminated(BaseException):
     """Raised by the SIGTERM handler; a BaseException so ``except Exception`` cannot eat it."""
 
 
+class ResponseWriter:
+    """Writes whole frames to the response stream, one thread at a time.
+
+    It also knows whether the calling thread is in the middle of a frame, which the SIGTERM
+    handler (always run on the main thread) needs: if the main thread is mid-frame the frame
+    is finished before the worker leaves; if another thread is, the handler waits for it.
+    """
+
+    def __init__(self, stream: BinaryIO, max_frame_bytes: int) -> None:
+        self._stream = stream
+        self._max_frame = max_frame_bytes
+        self._lock = threading.Lock()
+        self._writer: Optional[int] = None
+        self._closed = False
+        self._main = threading.main_thread().ident
+        #: Set by the signal handler when it lands mid-frame on the main thread.
+        self.exit_after_frame = False
+
+    def write(self, payload: bytes) -> bool:
+        """Write one frame; ``False`` if the writer is closed (the worker is leaving).
+
+        Raises ``FrameTooLarge`` for a payload over the limit (nothing is written) and the
+        stream's ``OSError`` (``BrokenPipeError`` once the host closed it).
+        """
+        frame = protocol.encode_frame(payload, self._max_frame)
+        with self._lock:
+            if self._closed:
+                return False
+            self._writer = threading.get_ident()
+            try:
+                self._stream.write(frame)
+                self._stream.flush()
+            finally:
+                self._writer = None
+        if self.exit_after_frame and threading.get_ident() == self._main:
+            raise _Terminated()
+        return True
+
+    def mid_frame_here(self) -> bool:
+        """Whether the calling thread is writing a frame right now."""
+        return self._writer == threading.get_ident()
+
+    def close(self, timeout: float) -> None:
+        """Let a frame being written finish (up to ``timeout``), then refuse every later one."""
+        acquired = self._lock.acquire(timeout=timeout)
+        self._closed = True
+        if acquired:
+            self._lock.release()
+
+
+class RequestPool:
+    """Runs user requests on at most ``size`` threads, in arrival order.
+
+    Threads start on demand (an idle worker costs no thread stacks against its address-space
+    limit) and are daemons: the worker leaves with ``os._exit`` and must never wait for one.
+    More requests than threads wait in an unbounded queue: the host sends at most ``size``,
+    and one that sends more is served late rather than dropped.
+    """
+
+    def __init__(self, size: int, run: Callable[[Any], None]) -> None:
+        self.size = size
+        self._run = run
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._queue: Deque[Any] = collections.deque()
+        self._threads = 0
+        self._idle = 0
+        self._outstanding = 0
+
+    def submit(self, item: Any) -> None:
+        """Queue ``item``; a thread picks it up as soon as one is free."""
+        with self._lock:
+            self._queue.append(item)
+            self._outstanding += 1
+            if self._idle == 0 and self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._serve, name=f"dspex-request-{self._threads}", daemon=True).start()
+            else:
+                self._work.notify()
+
+    def outstanding(self) -> int:
+        """Requests accepted and not yet finished (queued or running)."""
+        with self._lock:
+            return self._outstanding
+
+    def drain(self) -> None:
+        """Wait until every accepted request has finished."""
+        with self._lock:
+            while self._outstanding:
+                self._done.wait()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+                while not self._queue:
+                    self._work.wait()
+                self._idle -= 1
+                item = self._queue.popleft()
+            try:
+                self._run(item)
+            finally:
+                with self._lock:
+                    self._outstanding -= 1
+                    if not self._outstanding:
+                        self._done.notify_all()
+
+
 class Worker:
     """The request loop and the built-in commands of one worker process."""
 
@@ -131,43 +274,50 @@ class Worker:
         max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES,
         handler_failures: Sequence[Tuple[str, BaseException]] = (),
         env: Optional[Mapping[str, str]] = None,
+        concurrency: int = 1,
     ) -> None:
         self.worker_id = worker_id
+        self.concurrency = concurrency
+        self._env: Mapping[str, str] = os.environ if env is None else env
         self._streams = streams
         self._max_frame = max_frame_bytes
+        self._writer = ResponseWriter(streams.responses, max_frame_bytes)
+        self._pool = RequestPool(concurrency, self._run_pooled)
         self._handler_failures = list(handler_failures)
         self._started = time.monotonic()
+        self._counts_lock = threading.Lock()
         self._requests = 0
         self._errors = 0
+        self._preloaded_lm: Optional[str] = None
         self._store = ProgramStore()
         self._dspy = DspyCommands(self._store, env)
-        self._shutdown = False
-        self._writing = False
-        self._stop_requested = False
-        self._builtins: Dict[str, Callable[[Dict[str, Any]], Any]] = {
+        own: Dict[str, BuiltinHandler] = {
             "ping": self._ping,
             "echo": self._echo,
             "get_stats": self._get_stats,
             "cleanup_session": self._cleanup_session,
             "reset_state": self._reset_state,
             "shutdown": self._shutdown_command,
-            "configure_lm": self._dspy.configure_lm,
-            "create_program": self._dspy.create_program,
-            "execute_program": self._dspy.execute_program,
-            "list_programs": self._dspy.list_programs,
-            "delete_program": self._dspy.delete_program,
-            "get_program_info": self._dspy.get_program_info,
         }
+        self._builtins: Dict[str, BuiltinHandler] = {**self._dspy.handlers(), **own}
 
     # -- loop -----------------------------------------------------------------------------------
 
     def serve(self) -> int:
-        """Serve until end of stream, ``shutdown``, SIGTERM or a protocol violation."""
+        """Serve until end of stream, ``shutdown``, SIGTERM or a protocol violation.
+
+        Returns the exit code once every request read before the stop has been answered
+        (SIGTERM: at once). The caller should then leave with ``os._exit``: request threads
+        and threads left by LM clients are not joined.
+        """
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return self._loop()
+            code = self._read_loop()
+            self._pool.drain()
+            return code
         except _Terminated:
             log.info("worker %s terminated by signal; exiting", self.worker_id)
+            self._writer.close(_TERMINATE_WRITE_WAIT)
             return EXIT_OK
         except BrokenPipeError:
             log.info("worker %s: the host closed the response stream; exiting", self.worker_id)
@@ -176,99 +326,192 @@ class Worker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _loop(self) -> int:
+    def _read_loop(self) -> int:
         while True:
             try:
                 payload = protocol.read_frame(self._streams.requests, self._max_frame)
-                if payload is None:
-                    log.info("worker %s: request stream closed; exiting", self.worker_id)
-                    return EXIT_OK
-                request = protocol.decode_request(payload)
             except protocol.ProtocolError as exc:
                 log.error("worker %s: protocol violation, exiting: %s", self.worker_id, exc)
                 return EXIT_PROTOCOL
-            self._send(self.handle(request))
-            if self._shutdown or self._stop_requested:
-                log.info("worker %s shutting down", self.worker_id)
+            except MemoryError:
+                # Where the stream stands after a failed allocation is unknown.
+                log.error("worker %s: out of memory reading a request frame; exiting", self.worker_id)
+                return EXIT_PROTOCOL
+            if payload is None:
+                log.info("worker %s: request stream closed; exiting", self.worker_id)
                 return EXIT_OK
+            try:
+                request = protocol.decode_request(payload)
+            except protocol.UndecodableRequest as exc:
+                self._count(received=True)
+                self._answer_undecodable(exc)
+                continue
+            except protocol.ProtocolError as exc:
+                log.error("worker %s: protocol violation, exiting: %s", self.worker_id, exc)
+                return EXIT_PROTOCOL
+            del payload
+            self._count(received=True)
+            command = request.get("command")
+            if isinstance(command, str) and command in CONTROL_COMMANDS:
+                contextvars.copy_context().run(self._run, request)
+                if command == "shutdown":
+                    log.info("worker %s shutting down", self.worker_id)
+                    return EXIT_OK
+            else:
+                # Each request starts from the reader's context, not from whatever the
+                # previous request on that pool thread left in its context variables.
+                self._pool.submit((contextvars.copy_context(), request))
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
-        if not self._writing:
-            # Not mid-frame: leave now. Mid-frame, the loop exits once the frame is whole.
-            raise _Terminated()
+        # Python runs this on the main thread, and Linux delivers a process-directed signal
+        # to the main thread when it does not block it, so a read blocked on the request
+        # pipe is interrupted (EINTR) even while request threads run. Request threads keep
+        # the default mask on purpose: a mask would be inherited by user subprocesses.
+        if self._writer.mid_frame_here():
+            # Mid-frame on this thread: leave once the frame is whole.
+            self._writer.exit_after_frame = True
+            return
+        raise _Terminated()
 
-    def _send(self, payload: bytes) -> None:
-        self._writing = True
+    def _run_pooled(self, item: Tuple[contextvars.Context, Dict[str, Any]]) -> None:
+        context, request = item
         try:
-            protocol.write_frame(self._streams.responses, payload, self._max_frame)
-        finally:
-            self._writing = False
+            context.run(self._run, request)
+        except BrokenPipeError:
+            log.info("worker %s: the host closed the response stream; exiting", self.worker_id)
+            _hard_exit(EXIT_OK)
+        except BaseException:
+            # Only a failing response stream gets here (_run answers everything else);
+            # without it no request can be answered, so the worker must go.
+            log.critical("worker %s: cannot write responses; exiting", self.worker_id, exc_info=True)
+            _hard_exit(EXIT_PROTOCOL)
 
     # -- one request ----------------------------------------------------------------------------
 
-    def handle(self, request: Dict[str, Any]) -> bytes:
-        """Run one decoded request and return the encoded response payload."""
+    def _run(self, request: Dict[str, Any]) -> None:
+        """Handle one decoded request and write its response."""
+        ctx = RequestContext(request["id"], self.worker_id, self.concurrency, self._emit)
+        activate(ctx)
+        payload = self.handle(request, ctx)
+        ctx.close()
+        self._writer.write(payload)
+
+    def handle(self, request: Dict[str, Any], ctx: RequestContext) -> bytes:
+        """Run one decoded request and return the encoded response payload; never raises
+        (except the worker's own termination)."""
         request_id = request["id"]
-        self._requests += 1
         command = request.get("command")
-        args = request.get("args")
-        args = {} if args is None else args
-        failed = False
         try:
-            if not isinstance(command, str):
-                raise InvalidRequest(f"request {request_id} has no command name (got {command!r})")
-            if not isinstance(args, dict):
-                raise InvalidRequest(f"args of {command!r} must be an object, got {type(args).__name__}")
-            result = self._dispatch(command, args)
-            try:
-                payload = protocol.dumps(protocol.success(request_id, result))
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"result of {command!r} is not JSON-serialisable: {exc}") from exc
-        except (Exception, SystemExit) as exc:
+            payload = self._attempt(request_id, command, request.get("args"), ctx)
+            failed = False
+        except _Terminated:
+            raise
+        except BaseException as exc:
             # SystemExit too: a command calling sys.exit() fails that request, not the worker.
-            failed = True
             log.debug("request %s (%r) failed", request_id, command, exc_info=True)
-            payload = protocol.dumps(
-                protocol.failure(request_id, type(exc).__name__, str(exc) or type(exc).__name__, traceback.format_exc())
-            )
+            payload = self._failure(request_id, command, exc)
+            failed = True
         if len(payload) > self._max_frame:
             # Killing the worker over one oversized result would hide the cause; the caller
             # gets an error naming the size instead, and the worker keeps serving.
-            failed = True
             message = (
                 f"the response to {command!r} is {len(payload)} bytes, over the "
                 f"{self._max_frame}-byte frame limit (python.max_frame_bytes); return less data"
             )
             log.error("request %s: %s", request_id, message)
             payload = protocol.dumps(protocol.failure(request_id, ResponseTooLarge.__name__, message))
+            failed = True
         if failed:
-            self._errors += 1
+            self._count(failed=True)
         return payload
+
+    def _attempt(self, request_id: int, command: Any, args: Any, ctx: RequestContext) -> bytes:
+        if not isinstance(command, str):
+            raise InvalidRequest(f"request {request_id} has no command name (got {command!r})")
+        args = {} if args is None else args
+        if not isinstance(args, dict):
+            raise InvalidRequest(f"args of {command!r} must be a JSON object, got {_json_kind(args)}")
+        builtin = self._builtins.get(command)
+        if builtin is not None:
+            result = builtin(args, ctx)
+        else:
+            user = user_command(command)
+            if user is None:
+                available = ", ".join(sorted(set(self._builtins) | set(user_command_names())))
+                raise UnknownCommand(f"unknown command {command!r}; available commands: {available}")
+            result = user(args)
+        try:
+            return protocol.dumps(protocol.success(request_id, result))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"result of {command!r} is not JSON-serialisable: {exc}") from exc
+
+    def _failure(self, request_id: int, command: Any, exc: BaseException) -> bytes:
+        try:
+            if isinstance(exc, MemoryError):
+                message = memory_message(command, self._env)
+            else:
+                message = str(exc) or type(exc).__name__
+            report_traceback = not isinstance(exc, BridgeError) or exc.report_traceback
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if report_traceback else None
+            extra = exc.error_fields() if isinstance(exc, BridgeError) else {}
+            return protocol.dumps(protocol.failure(request_id, type(exc).__name__, message, trace, **extra))
+        except _Terminated:
+            raise
+        except BaseException:
+            # Describing the error failed too (out of memory, an exception whose __str__
+            # raises): the caller still gets an answer naming the type.
+            return protocol.dumps(
+                protocol.failure(
+                    request_id, type(exc).__name__, f"{type(exc).__name__} (no details: describing it failed)"
+                )
+            )
+
+    def _answer_undecodable(self, exc: protocol.UndecodableRequest) -> None:
+        cause = exc.cause
+        if isinstance(cause, MemoryError):
+            failure = protocol.failure(exc.request_id, "MemoryError", memory_message(exc.command, self._env))
+        else:
+            failure = protocol.failure(
+                exc.request_id,
+                InvalidRequest.__name__,
+                f"request {exc.request_id} ({exc.command or 'no command'}) is nested too deeply to decode "
+                f"({type(cause).__name__}: {cause}); send flatter data",
+            )
+        log.error("request %s could not be decoded: %s: %s", exc.request_id, type(cause).__name__, cause)
+        self._count(failed=True)
+        self._writer.write(protocol.dumps(failure))
+
+    def _emit(self, request_id: int, event: Dict[str, Any]) -> None:
+        try:
+            payload = protocol.dumps(protocol.event(request_id, event))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"event is not JSON-serialisable: {exc}") from exc
+        if len(payload) > self._max_frame:
+            raise ValueError(f"event of {len(payload)} bytes exceeds the {self._max_frame}-byte frame limit")
+        self._writer.write(payload)
+
+    def _count(self, received: bool = False, failed: bool = False) -> None:
+        with self._counts_lock:
+            self._requests += received
+            self._errors += failed
 
     def builtin_names(self) -> List[str]:
         """Names of the commands this worker implements itself, sorted."""
         return sorted(self._builtins)
 
-    def _dispatch(self, command: str, args: Dict[str, Any]) -> Any:
-        handler = self._builtins.get(command) or user_command(command)
-        if handler is None:
-            available = ", ".join(sorted(set(self._builtins) | set(user_command_names())))
-            raise UnknownCommand(f"unknown command {command!r}; available commands: {available}")
-        return handler(args)
-
     # -- built-in commands -------------------------------------------------------------------
 
-    def _ping(self, args: Dict[str, Any]) -> Dict[str, Any]:
+    def _ping(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
         if self._handler_failures:
             details = "; ".join(f"{name!r}: {type(exc).__name__}: {exc}" for name, exc in self._handler_failures)
             raise ImportError(
                 f"handler module(s) failed to import: {details} (check python.handlers and python.path)"
             ) from self._handler_failures[0][1]
-        if args.get("initialization") and os.environ.get("DSPEX_PRELOAD_DSPY") == "1":
-            # A DSPy worker is ready only once DSPy is: an import failure fails start-up
-            # with its cause instead of failing the first row.
-            self._dspy.preload()
+        if args.get("initialization") and self._env.get("DSPEX_PRELOAD_DSPY") == "1":
+            # A DSPy worker is ready only once DSPy and its LM client are: an import
+            # failure fails start-up with its cause instead of failing the first row.
+            model = self._dspy.preload()
+            self._preloaded_lm = model if isinstance(model, str) else _configured_model(self._env)
         return {
             "status": "ok",
             "worker_id": self.worker_id,
@@ -276,16 +519,22 @@ class Worker:
             "pid": os.getpid(),
             "python_version": platform.python_version(),
             "dspy_loaded": "dspy" in sys.modules,
+            "concurrency": self.concurrency,
+            "lm": self._preloaded_lm,
         }
 
-    def _echo(self, args: Dict[str, Any]) -> Dict[str, Any]:
+    def _echo(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
         return {"echo": args}
 
-    def _get_stats(self, args: Dict[str, Any]) -> Dict[str, Any]:
+    def _get_stats(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
         # `requests` includes this get_stats request: it counts every request received.
+        with self._counts_lock:
+            requests, errors = self._requests, self._errors
         return {
-            "requests": self._requests,
-            "errors": self._errors,
+            "requests": requests,
+            "errors": errors,
+            "in_flight": self._pool.outstanding(),
+            "concurrency": self.concurrency,
             "uptime": self._uptime(),
             "rss_bytes": rss_bytes(),
             "programs": len(self._store),
@@ -293,21 +542,82 @@ class Worker:
             "worker_id": self.worker_id,
         }
 
-    def _cleanup_session(self, args: Dict[str, Any]) -> Dict[str, Any]:
-        scope = scope_of(args)
+    def _cleanup_session(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
+        scope = _scope(args)
         removed = self._store.drop_scope(scope)
         log.info("dropped %d program(s) of session %r", removed, scope)
         return {"session_id": scope, "programs_removed": removed}
 
-    def _reset_state(self, args: Dict[str, Any]) -> Dict[str, Any]:
+    def _reset_state(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
         return {"programs_removed": self._store.clear()}
 
-    def _shutdown_command(self, args: Dict[str, Any]) -> Dict[str, Any]:
-        self._shutdown = True
+    def _shutdown_command(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
+        # The read loop stops after answering this; requests already read still finish.
         return {"status": "shutting_down"}
 
     def _uptime(self) -> float:
         return time.monotonic() - self._started
+
+
+def _scope(args: Dict[str, Any]) -> Optional[str]:
+    try:
+        return scope_of(args)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return type(value).__name__
+
+
+def _configured_model(env: Mapping[str, str]) -> Optional[str]:
+    """The model named by ``DSPEX_LM``, for ``ping`` when ``preload()`` does not say."""
+    try:
+        settings = json.loads(env.get("DSPEX_LM") or "null")
+    except ValueError:
+        return None
+    model = settings.get("model") if isinstance(settings, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def memory_message(command: Any, env: Mapping[str, str]) -> str:
+    """What a ``MemoryError`` answer says: what ran out and which setting governs it."""
+    what = f"handling {command!r}" if isinstance(command, str) else "decoding a request"
+    message = f"Python ran out of memory while {what}"
+    limit = _parse_bytes(env.get("DSPEX_MEMORY_LIMIT"))
+    if limit is not None:
+        return (
+            f"{message}; the worker's memory limit is {human_bytes(limit)} "
+            "(pool.worker_memory_limit): raise it or send smaller requests"
+        )
+    return f"{message}; set pool.worker_memory_limit to bound workers, or send smaller requests"
+
+
+def _parse_bytes(text: Optional[str]) -> Optional[int]:
+    try:
+        value = int(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and value > 0 else None
+
+
+def human_bytes(count: int) -> str:
+    """``4294967296`` → ``"4 GiB"``, ``1610612736`` → ``"1.5 GiB"``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def rss_bytes() -> int:
@@ -333,21 +643,57 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _max_frame_bytes(env: Mapping[str, str]) -> int:
-    text = env.get("DSPEX_MAX_FRAME_BYTES")
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
     if not text:
-        return protocol.DEFAULT_MAX_FRAME_BYTES
+        return default
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"DSPEX_MAX_FRAME_BYTES must be a positive integer, got {text!r}")
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
     return value
 
 
+def _enter_workdir(env: Mapping[str, str]) -> None:
+    """Make the host's working directory ours, without letting it onto the import path.
+
+    The host starts workers in the bridge root with ``PYTHONSAFEPATH=1``, so nothing from the
+    user's directory (a stray ``dspy.py``, a ``dspex_bridge/`` folder) can shadow a real
+    module. Relative ``sys.path`` entries would follow the ``chdir`` into that directory, so
+    they are pinned to where they pointed at start first.
+    """
+    sys.path[:] = [os.path.abspath(entry) for entry in sys.path]
+    workdir = env.get("DSPEX_WORKDIR")
+    if workdir:
+        try:
+            os.chdir(workdir)
+        except OSError as exc:
+            raise ValueError(
+                f"DSPEX_WORKDIR={workdir!r} cannot be entered ({exc.strerror}); "
+                "it must be the host's existing working directory"
+            ) from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m dspex_bridge``; returns the process exit code."""
+    """Entry point of ``python -m dspex_bridge``.
+
+    Returns the exit code for failures before serving starts; once the worker has served, it
+    leaves with ``os._exit`` (see :meth:`Worker.serve`).
+    """
+    # SIGTERM anywhere in start-up (a slow handler import, the reaper's fork) exits 0, as it
+    # does while serving; the serving loop installs its own handler.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _start(argv)
+    except _Terminated:
+        sys.stderr.write("dspex_bridge: worker terminated by signal during start-up; exiting\n")
+        _hard_exit(EXIT_OK)
+    return EXIT_OK  # not reached
+
+
+def _start(argv: Optional[Sequence[str]]) -> int:
     try:
         streams = claim_transport(os.environ.get("DSPEX_TRANSPORT") or "stdio")
     except TransportError as exc:
@@ -360,20 +706,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
     worker_id = args.worker_id or f"worker-{os.getpid()}"
     try:
-        max_frame = _max_frame_bytes(os.environ)
-    except ValueError as exc:
+        max_frame = _positive_int(os.environ, "DSPEX_MAX_FRAME_BYTES", protocol.DEFAULT_MAX_FRAME_BYTES)
+        concurrency = _positive_int(os.environ, "DSPEX_WORKER_CONCURRENCY", 1)
+        lifeline = lifeline_fd(os.environ)
+        _enter_workdir(os.environ)
+    except (ValueError, LifelineError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    # Until the loop owns the signals, SIGTERM during a slow handler import still exits 0.
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        failures = load_handlers(os.environ)
-    except _Terminated:
-        log.info("worker %s terminated by signal during start-up; exiting", worker_id)
-        return EXIT_OK
-    log.info("worker %s ready (pid %d, python %s)", worker_id, os.getpid(), platform.python_version())
-    return Worker(worker_id, streams, max_frame, failures).serve()
+    if lifeline is not None:
+        # Before anything can start a thread: fork copies only the calling thread.
+        start_reaper(lifeline)
+    failures = load_handlers(os.environ)
+    log.info(
+        "worker %s ready (pid %d, python %s, concurrency %d)",
+        worker_id,
+        os.getpid(),
+        platform.python_version(),
+        concurrency,
+    )
+    worker = Worker(worker_id, streams, max_frame, failures, concurrency=concurrency)
+    _hard_exit(worker.serve())
+    return EXIT_OK  # not reached
 
 
 def _terminate(signum: int, frame: Any) -> None:
     raise _Terminated()
+
+
+def _hard_exit(code: int) -> None:
+    """Leave now, whatever threads are left (LiteLLM's, stuck requests'): flush the logs, then
+    ``os._exit``. Every response is flushed as it is written."""
+    try:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except BaseException:
+        pass
+    os._exit(code)

@@ -1,5 +1,10 @@
 """Test helper: drive a real worker process over either transport, as the host would.
 
+The worker is started the way the host starts it: in its own process group, in the bridge
+root with ``PYTHONSAFEPATH=1`` and ``PYTHONPATH`` set to it, optionally with a lifeline pipe on
+fd 5. Requests can be pipelined: send several, then read each response (and the event frames
+before it) by id, in whatever order the worker answers.
+
 Every read has a deadline (``select`` on the response pipe), so a broken worker fails a test
 instead of hanging the run.
 """
@@ -16,7 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(PYTHON_DIR, "tests", "fixtures")
@@ -35,7 +40,16 @@ class BridgeProcess:
         argv: Optional[Sequence[str]] = None,
         worker_id: str = "test-worker",
         remove_env: Sequence[str] = (),
+        cwd: str = PYTHON_DIR,
+        lifeline: bool = False,
+        in_child: Optional[Callable[[], None]] = None,
     ) -> None:
+        """Start the worker.
+
+        ``lifeline`` passes the read end of a pipe as fd 5 (``DSPEX_LIFELINE_FD``) and keeps
+        the write end here, as the host does; :meth:`close_lifeline` plays the host's death.
+        ``in_child`` runs in the child before exec (e.g. to set a resource limit).
+        """
         self.transport = transport
         full_env = dict(os.environ)
         for name in remove_env:
@@ -43,11 +57,18 @@ class BridgeProcess:
         full_env.update(
             {
                 "PYTHONPATH": PYTHON_DIR,
+                "PYTHONSAFEPATH": "1",
                 "DSPEX_TRANSPORT": transport,
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                 "PYTHONDONTWRITEBYTECODE": "1",
             }
         )
+        self.lifeline_write = -1
+        lifeline_read = -1
+        if lifeline:
+            lifeline_read, self.lifeline_write = os.pipe()
+            lifeline_read = _moved_up(lifeline_read)
+            full_env["DSPEX_LIFELINE_FD"] = "5"
         full_env.update(env or {})
         if argv is None:
             argv = [sys.executable, "-m", "dspex_bridge", "--mode", "pool-worker", "--worker-id", worker_id]
@@ -55,12 +76,26 @@ class BridgeProcess:
         self._log_out = tempfile.TemporaryFile()  # noqa: SIM115
         self._log_err = tempfile.TemporaryFile()  # noqa: SIM115
         self._next_id = 1
+        self._stash: List[Dict[str, Any]] = []
+        #: Event frames received so far, by request id.
+        self.events: Dict[int, List[Dict[str, Any]]] = {}
+        keep = [5] if lifeline else []
+
+        def in_own_group() -> None:
+            # As the host does: signals for the group (the reaper's SIGKILL) never reach us.
+            os.setpgid(0, 0)
+            if lifeline:
+                os.dup2(lifeline_read, 5)
+                os.close(lifeline_read)
+            if in_child is not None:
+                in_child()
+
         if transport == "fds":
             request_read, self._request_write = os.pipe()
             self._response_read, response_write = os.pipe()
-            # Move the child's ends above 4 so placing one on fd 3 cannot clobber the other.
-            request_read = _above_four(request_read)
-            response_write = _above_four(response_write)
+            # Move the child's ends above 5 so placing one on fd 3 cannot clobber the other.
+            request_read = _moved_up(request_read)
+            response_write = _moved_up(response_write)
 
             def place_pipes() -> None:
                 # The contract puts requests on fd 3 and responses on fd 4, and nothing else.
@@ -68,24 +103,35 @@ class BridgeProcess:
                 os.dup2(response_write, 4)
                 os.close(request_read)
                 os.close(response_write)
+                in_own_group()
 
             self.process = subprocess.Popen(
                 list(argv),
                 env=full_env,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_out,
                 stderr=self._log_err,
-                pass_fds=(request_read, response_write, 3, 4),
+                pass_fds=(request_read, response_write, 3, 4, *keep),
                 preexec_fn=place_pipes,
             )
             os.close(request_read)
             os.close(response_write)
         else:
             self.process = subprocess.Popen(
-                list(argv), env=full_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_err
+                list(argv),
+                env=full_env,
+                cwd=cwd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log_err,
+                pass_fds=tuple(keep),
+                preexec_fn=in_own_group,
             )
             self._request_write = self.process.stdin.fileno()
             self._response_read = self.process.stdout.fileno()
+        if lifeline:
+            os.close(lifeline_read)
 
     # -- protocol -------------------------------------------------------------------------------
 
@@ -112,22 +158,46 @@ class BridgeProcess:
         return request_id
 
     def recv(self, timeout: float = DEFAULT_TIMEOUT) -> Optional[Dict[str, Any]]:
-        """Read one response frame; ``None`` if the worker closed the stream cleanly."""
+        """The next frame not yet consumed (response or event, in arrival order); ``None`` if
+        the worker closed the stream cleanly."""
+        if self._stash:
+            return self._stash.pop(0)
+        return self._read_frame(timeout)
+
+    def response(self, request_id: int, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
+        """The final response to ``request_id``, reading past other requests' frames (kept
+        for later) and recording this request's event frames in :attr:`events`."""
+        for index, frame in enumerate(self._stash):
+            if frame["id"] == request_id and "event" not in frame:
+                del self._stash[index]
+                return frame
+        while True:
+            frame = self._read_frame(timeout)
+            assert frame is not None, f"worker closed the stream before answering request {request_id}\n{self.logs()}"
+            if frame["id"] == request_id and "event" not in frame:
+                return frame
+            if "event" not in frame or frame["id"] != request_id:
+                self._stash.append(frame)
+
+    def unclaimed(self) -> List[Dict[str, Any]]:
+        """Frames already read from the stream but not yet returned by recv/response."""
+        return list(self._stash)
+
+    def _read_frame(self, timeout: float) -> Optional[Dict[str, Any]]:
         header = self._read_exact(4, timeout)
         if not header:
             return None
         (length,) = struct.unpack(">I", header)
         body = self._read_exact(length, timeout)
         assert len(body) == length, f"response truncated: {len(body)} of {length} bytes\n{self.logs()}"
-        return json.loads(body.decode("utf-8"))
+        frame = json.loads(body.decode("utf-8"))
+        if "event" in frame:
+            self.events.setdefault(frame["id"], []).append(frame["event"])
+        return frame
 
     def request(self, command: str, args: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
-        """Send a request and return its response, checking the id matches."""
-        request_id = self.send(command, args)
-        response = self.recv(timeout)
-        assert response is not None, f"worker closed the stream instead of answering {command}\n{self.logs()}"
-        assert response["id"] == request_id
-        return response
+        """Send a request and return its response."""
+        return self.response(self.send(command, args), timeout)
 
     def call(self, command: str, args: Any = None) -> Any:
         """Request that must succeed; returns its result."""
@@ -193,11 +263,23 @@ class BridgeProcess:
         """Both log streams, for assertion messages."""
         return f"--- stdout ---\n{self.stdout_log()}\n--- stderr ---\n{self.stderr_log()}"
 
+    def close_lifeline(self) -> None:
+        """Close the host's end of the lifeline: what the host's death looks like."""
+        if self.lifeline_write >= 0:
+            os.close(self.lifeline_write)
+            self.lifeline_write = -1
+
     def close(self) -> None:
-        """Kill the worker if still running and release every descriptor."""
+        """Kill the worker's process group if the worker still runs, release every descriptor.
+
+        The group is only signalled while the worker is unreaped (so its id cannot have been
+        reused); a reaper left in it goes when the lifeline closes.
+        """
         if self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(DEFAULT_TIMEOUT)
+        self.close_lifeline()
         if self.transport == "fds":
             for fd in (self._request_write, self._response_read):
                 if fd >= 0:
@@ -217,8 +299,9 @@ class BridgeProcess:
         self.close()
 
 
-def _above_four(fd: int) -> int:
-    """A close-on-exec duplicate of ``fd`` numbered 5 or higher; closes ``fd``."""
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5)
+def _moved_up(fd: int) -> int:
+    """A close-on-exec duplicate of ``fd`` numbered 6 or higher (above the lifeline's 5);
+    closes ``fd``."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 6)
     os.close(fd)
     return moved

@@ -1,12 +1,19 @@
-"""Shared fixtures: a factory of worker processes that are always cleaned up."""
+"""Shared fixtures: worker processes, the gate and the test LM server, always cleaned up."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator, List
 
 import pytest
+from gate import Gate
+from lm_fixture import LMServer
 
 from bridge_client import BridgeProcess
+
+# The host sets this for its workers (src/launch.rs); tests that use LiteLLM in-process or in
+# workers they start must not fetch the cost map from the network either.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 
 @pytest.fixture
@@ -22,3 +29,19 @@ def spawn() -> Iterator[Callable[..., BridgeProcess]]:
     yield start
     for process in started:
         process.close()
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A rendezvous that keeps ``hold`` requests running until the test releases them."""
+    rendezvous = Gate()
+    yield rendezvous
+    rendezvous.close()
+
+
+@pytest.fixture
+def lm_server() -> Iterator[LMServer]:
+    """The test LM server with no delay; tests reconfigure it through ``/control``."""
+    server = LMServer()
+    yield server
+    server.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,64 @@ def test_success_and_failure_shapes() -> None:
 def test_nan_is_not_serialised_because_it_is_not_json() -> None:
     with pytest.raises(ValueError):
         protocol.dumps({"value": float("nan")})
+
+
+def test_failure_carries_extra_fields_and_leaves_out_none() -> None:
+    failed = protocol.failure(5, "RateLimited", "slow down", None, retry_after=2.5, hint=None)
+    assert failed == {
+        "id": 5,
+        "success": False,
+        "error": {"type": "RateLimited", "message": "slow down", "retry_after": 2.5},
+    }
+
+
+def test_event_frames_have_an_id_and_an_event_but_no_success() -> None:
+    assert protocol.event(9, {"kind": "progress"}) == {"id": 9, "event": {"kind": "progress"}}
+
+
+def test_json_too_deep_to_decode_keeps_the_request_id() -> None:
+    payload = b'{"id": 12, "command": "echo", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(protocol.UndecodableRequest) as raised:
+        protocol.decode_request(payload)
+    assert raised.value.request_id == 12
+    assert raised.value.command == "echo"
+    assert isinstance(raised.value.cause, RecursionError)
+
+
+def test_running_out_of_memory_while_decoding_keeps_the_request_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_loads = json.loads
+
+    def exhausted_on_big_documents(text: Any, **kwargs: Any) -> Any:
+        if len(text) > 100:
+            raise MemoryError()
+        return real_loads(text, **kwargs)
+
+    monkeypatch.setattr(protocol.json, "loads", exhausted_on_big_documents)
+    with pytest.raises(protocol.UndecodableRequest) as raised:
+        protocol.decode_request(b'{"args": {"text": "' + b"x" * 1000 + b'"}, "command": "big", "id": 3}')
+    assert (raised.value.request_id, raised.value.command) == (3, "big")
+    assert isinstance(raised.value.cause, MemoryError)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"command": "echo", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"id": "7", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"id": -1, "args": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b"[" * 5000 + b"]" * 5000,
+    ],
+)
+def test_json_too_deep_to_decode_without_a_usable_id_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError, match="has no readable id"):
+        protocol.decode_request(payload)
+
+
+def test_only_top_level_members_count_when_looking_for_the_id() -> None:
+    # A nested "id" (even inside a string with brackets) must not be taken for the request's.
+    payload = (
+        b'{"args": {"id": 99, "text": "]]}}[[{\\"id\\": 98"}, "deep": ' + b"[" * 3000 + b"]" * 3000 + b', "id": 4}'
+    )
+    with pytest.raises(protocol.UndecodableRequest) as raised:
+        protocol.decode_request(payload)
+    assert raised.value.request_id == 4
