@@ -64,8 +64,9 @@ class DspyCommands:
             "optimize": self.optimize,
         }
 
-    def preload(self) -> None:
-        """Import DSPy and build the default LM with its client (``DSPEX_PRELOAD_DSPY=1``).
+    def preload(self) -> str:
+        """Import DSPy and build the default LM with its client (``DSPEX_PRELOAD_DSPY=1``);
+        returns the model, for ``ping``'s ``lm`` field.
 
         The host starts its workers' imports in parallel, before any request waits; a
         worker then answers its first row without paying for them.
@@ -79,22 +80,11 @@ class DspyCommands:
             kind = preload_client(lm)
             log.info("preloaded LM %r (%s client)", config.model, kind)
         self._preloaded = config.model
+        return config.model
 
     def preloaded_lm(self) -> Optional[str]:
         """The model ``preload`` built, for ``ping``'s ``lm`` field (``None`` before)."""
         return self._preloaded
-
-    def handlers(self) -> Dict[str, Any]:
-        """The commands as ``handler(args, ctx)`` (contract §5); a shim until the rewrite."""
-        commands = (
-            self.configure_lm,
-            self.create_program,
-            self.execute_program,
-            self.list_programs,
-            self.delete_program,
-            self.get_program_info,
-        )
-        return {method.__name__: (lambda args, ctx, method=method: method(args)) for method in commands}
 
     # -- commands ---------------------------------------------------------------------------
 

@@ -39,8 +39,7 @@ from dspy.utils.exceptions import (
     LMTransportError,
 )
 
-from ._compat import RateLimited
-from .errors import LMError
+from .errors import LMError, RateLimited
 from .lm import LMConfig
 from .usage import record_call
 

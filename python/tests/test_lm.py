@@ -17,7 +17,7 @@ from dspy_support import definition, field
 from scripted_lm import ScriptedLM
 
 from bridge_client import BridgeProcess
-from dspex_bridge._compat import RateLimited
+from dspex_bridge.errors import RateLimited
 from dspex_bridge.dspy_commands import DspyCommands
 from dspex_bridge.errors import InvalidRequest, LMError
 from dspex_bridge.lm import PLACEHOLDER_KEY, LMConfig
