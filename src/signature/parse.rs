@@ -2,7 +2,7 @@
 //! can point at the character that made it fail, which is the whole reason not to
 //! hand signatures to Python's `ast` module and relay its errors.
 
-use super::{Field, FieldType, LiteralValue, SignatureError};
+use super::{Field, FieldType, LiteralValue, SignatureError, MAX_TYPE_DEPTH, TOO_DEEP};
 
 /// Names DSPy's `Signature` class or pydantic use for themselves; a field with one of
 /// these names makes DSPy fail while building the class (checked against dspy 3.4).
@@ -158,11 +158,32 @@ struct Parser<'a> {
     source: &'a str,
     /// Byte offset of the next unread character.
     pos: usize,
+    /// Containers open around the type being read. The parser recurses once per level,
+    /// so refusing the level past [`MAX_TYPE_DEPTH`] as it opens bounds the recursion
+    /// whatever the input.
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
     fn new(source: &'a str) -> Parser<'a> {
-        Parser { source, pos: 0 }
+        Parser {
+            source,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    /// Opens one level of nesting for the container written at `start`.
+    fn enter(&mut self, start: usize) -> Result<(), SignatureError> {
+        self.depth += 1;
+        if self.depth > MAX_TYPE_DEPTH {
+            return Err(self.error_at(TOO_DEEP, start));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
     }
 
     fn rest(&self) -> &'a str {
@@ -306,6 +327,10 @@ impl<'a> Parser<'a> {
             let next = self.atom()?;
             current = match (current, next) {
                 (Atom::Type(ty), Atom::None) | (Atom::None, Atom::Type(ty)) => {
+                    // `T | None` wraps without recursing, so its level is counted here.
+                    if self.depth + ty.depth() >= MAX_TYPE_DEPTH {
+                        return Err(self.error_at(TOO_DEEP, bar));
+                    }
                     Atom::Type(FieldType::optional(ty))
                 }
                 (Atom::None, Atom::None) => {
@@ -366,12 +391,15 @@ impl<'a> Parser<'a> {
                 return Ok(Atom::None);
             }
             "list" | "List" => {
+                self.enter(start)?;
                 self.open(name)?;
                 let inner = self.type_expr()?;
                 self.close(name)?;
+                self.leave();
                 FieldType::list(inner)
             }
             "dict" | "Dict" => {
+                self.enter(start)?;
                 self.open(name)?;
                 let key_start = self.pos;
                 let key = self.type_expr()?;
@@ -390,12 +418,15 @@ impl<'a> Parser<'a> {
                 self.skip_ws();
                 let value = self.type_expr()?;
                 self.close(name)?;
+                self.leave();
                 FieldType::dict(value)
             }
             "Optional" => {
+                self.enter(start)?;
                 self.open(name)?;
                 let inner = self.type_expr()?;
                 self.close(name)?;
+                self.leave();
                 FieldType::optional(inner)
             }
             "Literal" => {
