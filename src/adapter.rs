@@ -33,7 +33,7 @@ use crate::signature::{Signature, ValidationError};
 pub use bridge_mock::{BridgeMock, FakeBridge};
 pub use factory::{AdapterFactory, TEST_LAYER_ENV};
 pub use fake_outputs::fake_outputs;
-pub use mock::{Mock, INJECTABLE_KINDS};
+pub use mock::Mock;
 pub use python::PythonAdapter;
 
 /// Which adapter implementation is behind a `dyn Adapter`.

@@ -159,10 +159,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Io { .. } => 2,
-            CliError::Dspex(e) => match e.kind() {
-                "config" | "environment" | "signature" | "validation" | "input" => 2,
-                _ => 1,
-            },
+            CliError::Dspex(e) => e.error_kind().exit_code(),
         }
     }
 }
@@ -225,15 +222,25 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Prints an error to stderr: one line, then a Python traceback when there is one.
+/// Prints an error to stderr: one line, then what explains it, indented: a Python
+/// traceback, or the last output of a worker that died.
 fn report_error(e: &CliError) {
     eprintln!("dspex: {e}");
-    if let CliError::Dspex(dspex::Error::Python {
-        traceback: Some(traceback),
-        ..
-    }) = e
-    {
-        for line in traceback.lines() {
+    let detail = match e {
+        CliError::Dspex(dspex::Error::Python {
+            traceback: Some(traceback),
+            ..
+        }) => Some(("", traceback.as_str())),
+        CliError::Dspex(dspex::Error::WorkerCrashed(crash)) if !crash.last_output.is_empty() => {
+            Some(("its last output:", crash.last_output.as_str()))
+        }
+        _ => None,
+    };
+    if let Some((heading, text)) = detail {
+        if !heading.is_empty() {
+            eprintln!("  {heading}");
+        }
+        for line in text.lines() {
             eprintln!("    {line}");
         }
     }

@@ -43,6 +43,7 @@ mod validate;
 use std::fmt;
 use std::str::FromStr;
 
+pub use parse::RESERVED_INPUT_NAMES;
 pub use validate::ValidationError;
 
 /// How deeply types may nest: `list[list[str]]` is 2 deep, and `Optional`/`T | None`
@@ -414,6 +415,9 @@ impl Signature {
         for field in self.inputs.iter().chain(&self.outputs) {
             if let Err(message) = parse::check_field_name(&field.name) {
                 return Err(SignatureError::new(message));
+            }
+            if self.input(&field.name).is_some() {
+                parse::check_input_name(&field.name).map_err(SignatureError::new)?;
             }
             if !seen.insert(field.name.as_str()) {
                 return Err(SignatureError::new(format!(

@@ -17,28 +17,9 @@ use super::{
     check_program_id, Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer,
 };
 use crate::config::ConfigError;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result, WorkerCrash};
 use crate::program::{ModuleKind, ProgramDef, ProgramInfo, ProgramSpec};
 use crate::signature::{Signature, SignatureError, ValidationError};
-
-/// The error kinds [`Mock::fail_when`] can inject: every kind of [`Error::kind`].
-pub const INJECTABLE_KINDS: &[&str] = &[
-    "config",
-    "environment",
-    "input",
-    "signature",
-    "validation",
-    "timeout",
-    "pool_busy",
-    "worker_crashed",
-    "protocol",
-    "python",
-    "lm",
-    "session_not_found",
-    "program_not_found",
-    "shutting_down",
-    "system_failed",
-];
 
 /// The pure-Rust adapter (layer 1). See the [module docs](self).
 ///
@@ -54,7 +35,7 @@ pub const INJECTABLE_KINDS: &[&str] = &[
 /// mock.create_program(None, "qa", &sig, ModuleKind::Predict).await?;
 /// let fixed = serde_json::json!({"answer": "42"});
 /// mock.set_outputs("qa", fixed.as_object().unwrap().clone());
-/// mock.fail_when("qa", "lm");
+/// mock.fail_when("qa", dspex::error::ErrorKind::Lm);
 /// let inputs = serde_json::json!({"question": "?"}).as_object().unwrap().clone();
 /// let err = mock.execute_program(None, "qa", inputs.clone()).await.unwrap_err();
 /// assert_eq!(err.kind(), "lm");
@@ -79,7 +60,7 @@ struct State {
     /// Errors for the next calls, oldest first.
     fail_next: VecDeque<Error>,
     /// Program id → the error kind every call about it fails with.
-    fail_when: HashMap<String, &'static str>,
+    fail_when: HashMap<String, ErrorKind>,
     /// Method name → how often it was called (failed calls included).
     calls: BTreeMap<&'static str, u64>,
     lm: Option<LmSettings>,
@@ -125,16 +106,9 @@ impl Mock {
     }
 
     /// Every create, execute, delete or info call about `program_id` (in any session)
-    /// fails with an error of `kind` until [`clear_failures`](Self::clear_failures).
-    ///
-    /// # Panics
-    ///
-    /// When `kind` is not one of [`INJECTABLE_KINDS`]: a typo in a test should stop it,
-    /// not make it pass for the wrong reason.
-    pub fn fail_when(&self, program_id: &str, kind: &str) {
-        let Some(kind) = INJECTABLE_KINDS.iter().find(|k| **k == kind) else {
-            panic!("Mock::fail_when: unknown error kind `{kind}`; use one of {INJECTABLE_KINDS:?}");
-        };
+    /// fails with an error of `kind` (any of [`ErrorKind::ALL`]) until
+    /// [`clear_failures`](Self::clear_failures).
+    pub fn fail_when(&self, program_id: &str, kind: ErrorKind) {
         self.lock().fail_when.insert(program_id.to_owned(), kind);
     }
 
@@ -191,45 +165,46 @@ impl Mock {
             return Err(Error::ShuttingDown);
         }
         if let Some(kind) = program_id.and_then(|id| state.fail_when.get(id)) {
-            return Err(injected(kind, program_id.unwrap_or_default(), session));
+            return Err(injected(*kind, program_id.unwrap_or_default(), session));
         }
         Ok(state)
     }
 }
 
 /// An error of `kind` about `program_id`, worded like the real one would be.
-fn injected(kind: &str, program_id: &str, session: &str) -> Error {
+fn injected(kind: ErrorKind, program_id: &str, session: &str) -> Error {
     let message = format!("injected by Mock::fail_when for program `{program_id}`");
     match kind {
-        "config" => Error::Config(ConfigError {
+        ErrorKind::Config => Error::Config(ConfigError {
             key: None,
             message,
             path: None,
         }),
-        "environment" => Error::Environment(message),
-        "input" => Error::Input(message),
-        "signature" => Error::Signature(SignatureError::new(message)),
-        "validation" => Error::Validation(ValidationError::new("program_id", message)),
-        "timeout" => Error::Timeout {
+        ErrorKind::Environment => Error::Environment(message),
+        ErrorKind::Input => Error::Input(message),
+        ErrorKind::Signature => Error::Signature(SignatureError::new(message)),
+        ErrorKind::Validation => Error::Validation(ValidationError::new("program_id", message)),
+        ErrorKind::Timeout => Error::Timeout {
             stage: TimeoutStage::Request,
             message,
         },
-        "pool_busy" => Error::PoolBusy(message),
-        "worker_crashed" => Error::WorkerCrashed(message),
-        "protocol" => Error::Protocol(message),
-        "python" => Error::Python {
+        ErrorKind::PoolBusy => Error::PoolBusy(message),
+        ErrorKind::WorkerCrashed => Error::WorkerCrashed(WorkerCrash::from(message)),
+        ErrorKind::Protocol => Error::Protocol(message),
+        ErrorKind::Python => Error::Python {
             error_type: "RuntimeError".into(),
             message,
             traceback: None,
         },
-        "lm" => Error::Lm(message),
-        "session_not_found" => Error::SessionNotFound(session.to_owned()),
-        "program_not_found" => Error::ProgramNotFound {
+        ErrorKind::Lm => Error::Lm(message),
+        ErrorKind::RateLimited => Error::RateLimited(message),
+        ErrorKind::SessionNotFound => Error::SessionNotFound(session.to_owned()),
+        ErrorKind::ProgramNotFound => Error::ProgramNotFound {
             program_id: program_id.to_owned(),
             session: session.to_owned(),
         },
-        "shutting_down" => Error::ShuttingDown,
-        _ => Error::SystemFailed(message),
+        ErrorKind::ShuttingDown => Error::ShuttingDown,
+        ErrorKind::SystemFailed => Error::SystemFailed(message),
     }
 }
 
@@ -520,8 +495,8 @@ mod tests {
     async fn fail_when_hits_only_calls_about_that_program_until_cleared() {
         let mock = Mock::new();
         with_qa(&mock, Some("s")).await;
-        mock.fail_when("qa", "program_not_found");
-        mock.fail_when("other", "timeout");
+        mock.fail_when("qa", ErrorKind::ProgramNotFound);
+        mock.fail_when("other", ErrorKind::Timeout);
         let err = mock.get_program_info(Some("s"), "qa").await.unwrap_err();
         assert!(
             matches!(&err, Error::ProgramNotFound { program_id, session } if program_id == "qa" && session == "s"),
@@ -554,16 +529,10 @@ mod tests {
     }
 
     #[test]
-    fn every_injectable_kind_builds_an_error_of_that_kind() {
-        for kind in INJECTABLE_KINDS {
-            assert_eq!(injected(kind, "p", "s").kind(), *kind);
+    fn every_kind_can_be_injected_and_builds_an_error_of_that_kind() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(injected(kind, "p", "s").error_kind(), kind);
         }
-    }
-
-    #[test]
-    #[should_panic(expected = "unknown error kind `lmm`")]
-    fn fail_when_rejects_an_unknown_kind() {
-        Mock::new().fail_when("qa", "lmm");
     }
 
     #[tokio::test]

@@ -20,6 +20,12 @@ const RESERVED: &[&str] = &[
     "signature",
 ];
 
+/// Keyword arguments DSPy's `Predict` takes for itself: an input field with one of these
+/// names would be swallowed by the call instead of reaching the prompt. The bridge refuses
+/// the same names (`RESERVED_INPUT_NAMES` in `dspex_bridge/definitions.py`; a test reads
+/// both). Outputs may use them.
+pub const RESERVED_INPUT_NAMES: &[&str] = &["config", "demos", "lm", "prediction", "signature"];
+
 /// Python keywords: DSPy parses the string form with `ast`, where they are syntax errors.
 const PYTHON_KEYWORDS: &[&str] = &[
     "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
@@ -64,6 +70,10 @@ pub(super) fn parse_signature(source: &str) -> Result<(Vec<Field>, Vec<Field>), 
             ));
         }
         seen.push(&field.name);
+    }
+    for (field, start) in &inputs {
+        check_input_name(&field.name)
+            .map_err(|message| SignatureError::at(message, source, *start))?;
     }
     let strip = |fields: Vec<(Field, usize)>| fields.into_iter().map(|(f, _)| f).collect();
     Ok((strip(inputs), strip(outputs)))
@@ -137,6 +147,17 @@ pub(super) fn check_field_name(name: &str) -> Result<(), String> {
     if RESERVED.contains(&name) {
         return Err(format!(
             "`{name}` is reserved by DSPy signatures; choose another field name"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `name` can be an input field: not one of DSPy's own call arguments.
+pub(super) fn check_input_name(name: &str) -> Result<(), String> {
+    if RESERVED_INPUT_NAMES.contains(&name) {
+        return Err(format!(
+            "`{name}` cannot be an input field: DSPy's Predict takes `{name}=` as its own argument ({}); rename the field",
+            RESERVED_INPUT_NAMES.join(", ")
         ));
     }
     Ok(())
@@ -793,6 +814,8 @@ mod tests {
             ("a -> _b", "cannot start with '_'", "_b"),
             ("q, class -> a", "Python keyword", "class -> a"),
             ("instructions -> a", "reserved by DSPy", "instructions -> a"),
+            ("q, lm -> a", "DSPy's Predict takes `lm=`", "lm -> a"),
+            ("demos -> a", "cannot be an input field", "demos -> a"),
             ("q -> réponse", "must be ASCII", "éponse"),
             ("q -> $", "expected a field name", "$"),
         ] {
