@@ -17,7 +17,8 @@ pub use config::Config;
 pub use dspex_actors::{Health, SystemHealth, SystemStatus};
 pub use error::{Error, Result};
 pub use program::{
-    Inputs, ModuleKind, Prediction, Program, ProgramDef, ProgramInfo, ProgramSpec, Scored, Session,
+    EvalReport, Example, Inputs, ModuleKind, OptimizeReport, OptimizeRequest, Optimizer,
+    Prediction, Program, ProgramDef, ProgramInfo, ProgramSpec, RowOutcome, Scored, Session,
     StateFile, TokenUsage, Usage,
 };
 pub use signature::Signature;
