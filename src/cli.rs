@@ -8,7 +8,10 @@
 //! environment with visible progress, and the error type that decides the exit code.
 
 mod call;
+mod dataset;
 mod doctor;
+mod eval;
+mod optimize;
 mod python;
 mod run;
 mod setup;
@@ -46,6 +49,12 @@ enum Command {
     /// Run a DSPy program over a JSONL dataset, one output line per input row.
     #[command(after_help = run::HELP)]
     Run(run::RunArgs),
+    /// Score a DSPy program on a JSONL devset with a metric, as dspy.Evaluate does.
+    #[command(after_help = eval::HELP)]
+    Eval(eval::EvalArgs),
+    /// Optimize a DSPy program (BootstrapFewShot, MIPROv2, ...) and save its state.
+    #[command(after_help = optimize::HELP)]
+    Optimize(optimize::OptimizeArgs),
     /// Send one command (built-in, DSPy or user) through the pool and print its result.
     #[command(after_help = call::HELP)]
     Call(call::CallArgs),
@@ -197,6 +206,8 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Eval(args) => eval::eval(args).await,
+            Command::Optimize(args) => optimize::optimize(args).await,
             Command::Call(args) => call::call(args).await,
             Command::Setup(args) => setup::setup(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
