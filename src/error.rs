@@ -9,7 +9,7 @@
 //! * [`ErrorKind`] and [`ErrorKind::info`]: the kinds, their strings and exit codes;
 //! * [`BRIDGE_ERRORS`]: the bridge's error types (the classes of `dspex_bridge/errors.py`,
 //!   plus Python's `MemoryError`), each with its kind and its [`Fault`], from which
-//!   [`classify`] (the actors' error classifier) and `From<ActorError>` are derived. A test
+//!   `classify` (the actors' error classifier) and `From<ActorError>` are derived. A test
 //!   reads `errors.py` and checks both sides name the same types.
 //!
 //! Messages say what happened and what to do; they never repeat the kind (the actor
@@ -278,8 +278,7 @@ pub enum Error {
     },
     /// The bridge refused the request as the caller's mistake: an error type that
     /// [`BRIDGE_ERRORS`] maps to `validation` or `program_not_found` (`InvalidRequest`,
-    /// `UnknownCommand`, `ProgramExists`, `ProgramNotFound`). The message says what to
-    /// fix.
+    /// `UnknownCommand`, `ProgramNotFound`). The message says what to fix.
     #[error("{message}")]
     Refused {
         kind: ErrorKind,
@@ -389,7 +388,15 @@ impl Error {
     }
 
     /// An error the bridge reported as `error_type`, placed by [`BRIDGE_ERRORS`].
+    /// `ProgramExists` is the one mistake the host's own registry reports too; it takes the
+    /// same shape here, a `validation` error about `program_id`.
     pub fn from_bridge(error_type: String, message: String, traceback: Option<String>) -> Self {
+        if error_type == "ProgramExists" {
+            return Error::Validation(crate::signature::ValidationError::new(
+                "program_id",
+                message,
+            ));
+        }
         match bridge_error(&error_type).0 {
             ErrorKind::Lm => Error::Lm(message),
             ErrorKind::RateLimited => Error::RateLimited(message),
@@ -538,6 +545,15 @@ mod tests {
                 "{error_type}"
             );
         }
+        let exists = Error::from(ActorError::Python {
+            error_type: "ProgramExists".into(),
+            message: "program `p` already exists".into(),
+            traceback: None,
+        });
+        assert!(
+            matches!(&exists, Error::Validation(v) if v.field == "program_id"),
+            "the same shape as the registry's own duplicate check: {exists:?}"
+        );
         assert_eq!(
             classify(&wire("RateLimited", serde_json::json!(1.5))),
             Disposition::RateLimited {

@@ -4,7 +4,6 @@
 //! [`Signature`]s and execute them; the actor layer (`dspex-actors`) keeps the Python
 //! workers alive underneath. See the README for the CLI and configuration reference.
 
-pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod launch;
@@ -12,6 +11,8 @@ pub mod program;
 pub mod python_env;
 pub mod signature;
 pub mod system;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::Config;
 pub use dspex_actors::{Health, SystemHealth, SystemStatus};

@@ -127,7 +127,7 @@ impl Program {
     /// wait for a free slot without `pool.checkout_timeout`, as batch work does.
     ///
     /// A row's own problem (inputs that do not validate, a program or metric that raises,
-    /// a worker that dies) fails that row only; see the [module docs](self) for how the
+    /// a worker that dies) fails that row only; see [`evaluate_score`] for how the
     /// score counts it. A row's `id` field, if any, is neither an input nor a label.
     ///
     /// # Examples

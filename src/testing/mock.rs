@@ -14,20 +14,21 @@ use serde_json::{json, Map, Value};
 
 use super::fake_outputs::{fake_outputs, fake_text};
 use super::{
-    check_program_id, Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer,
+    check_program_id, python_refused, semantics, Adapter, AdapterHealth, AdapterKind, Capabilities,
+    LmSettings, TestLayer,
 };
 use crate::config::ConfigError;
 use crate::error::{Error, ErrorKind, Result, WorkerCrash};
 use crate::program::{ModuleKind, ProgramDef, ProgramInfo, ProgramSpec};
-use crate::signature::{Signature, SignatureError, ValidationError};
+use crate::signature::{SignatureError, ValidationError};
 
-/// The pure-Rust adapter (layer 1). See the [module docs](self).
+/// The pure-Rust adapter (layer 1). See the [module docs](crate::testing).
 ///
 /// # Examples
 ///
 /// ```
 /// # async fn demo() -> dspex::Result<()> {
-/// use dspex::adapter::{Adapter, Mock};
+/// use dspex::testing::{Adapter, Mock};
 /// use dspex::{ModuleKind, Signature};
 ///
 /// let mock = Mock::new();
@@ -242,12 +243,11 @@ impl Adapter for Mock {
         }
     }
 
-    async fn create_program(
+    async fn create(
         &self,
         session: Option<&str>,
         program_id: &str,
-        signature: &Signature,
-        module: ModuleKind,
+        spec: ProgramSpec,
     ) -> Result<ProgramInfo> {
         let sid = self.session_id(session);
         let mut state = self.enter("create_program", Some(program_id), &sid)?;
@@ -261,7 +261,12 @@ impl Adapter for Mock {
                 ),
             )));
         }
-        let def = ProgramSpec::new(module, signature.clone()).resolve(program_id)?;
+        if spec.module == ModuleKind::Python {
+            return Err(python_refused(AdapterKind::Mock, &spec));
+        }
+        let def = spec.resolve(program_id)?;
+        semantics::check_spec(&def.spec)
+            .map_err(|message| Error::Validation(ValidationError::new("demos", message)))?;
         let info = program_info(&def, &sid);
         programs.insert(program_id.to_owned(), def);
         Ok(info)
@@ -401,6 +406,7 @@ impl Adapter for Mock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signature::Signature;
 
     fn obj(value: Value) -> Map<String, Value> {
         value.as_object().expect("an object").clone()
@@ -476,6 +482,36 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), "validation", "{err}");
+    }
+
+    #[tokio::test]
+    async fn demos_and_instructions_are_kept_and_python_programs_are_refused_clearly() {
+        let mock = Mock::new();
+        let demo = obj(json!({"question": "2+2?", "answer": "4"}));
+        let spec = ProgramSpec::new(ModuleKind::Predict, qa())
+            .with_demos(vec![demo])
+            .with_instructions("Be brief.");
+        let info = mock.create(None, "few", spec).await.unwrap();
+        assert_eq!(
+            (info.demos, info.instructions.as_deref()),
+            (1, Some("Be brief."))
+        );
+        let bad = ProgramSpec::new(ModuleKind::Predict, qa())
+            .with_demos(vec![obj(json!({"question": "q", "bogus": 1}))]);
+        let err = mock.create(None, "bad", bad).await.unwrap_err();
+        assert_eq!(err.kind(), "validation");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = mock
+            .create(None, "mine", ProgramSpec::python("pkg.mod:build"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "validation");
+        assert!(
+            err.to_string()
+                .contains("`pkg.mod:build` needs real Python (layer 3"),
+            "{err}"
+        );
+        assert_eq!(mock.list_programs(None).await.unwrap(), ["few"]);
     }
 
     #[tokio::test]
