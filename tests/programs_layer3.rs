@@ -121,7 +121,15 @@ async fn a_row_whose_inputs_do_not_fit_fails_alone_and_a_bad_metric_fails_before
 async fn optimize_forwards_progress_while_it_runs_and_its_state_puts_demos_in_every_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.jsonl");
-    let system = start(1, &trace).await;
+    // The metric holds the optimizer until `go` exists.
+    let go = dir.path().join("go");
+    let mut config = config(1, &trace);
+    config
+        .python
+        .env
+        .insert("DSPEX_TEST_GO".into(), go.to_string_lossy().into_owned());
+    init_logs();
+    let system = System::builder(config).start().await.unwrap();
     let session = system.open_session(None).await.unwrap();
     session
         .create("student", ProgramSpec::python(FACTORY))
@@ -140,43 +148,33 @@ async fn optimize_forwards_progress_while_it_runs_and_its_state_puts_demos_in_ev
     let mut request = OptimizeRequest::new(
         Optimizer::BootstrapFewShot,
         trainset,
-        "dspex_test_programs:mentions_topic",
+        "dspex_test_programs:waits_for_go",
         &out,
     );
     request
         .params
         .insert("max_bootstrapped_demos".into(), json!(2));
-    // (DSPy slices `[: max_labeled - bootstrapped]`: equal limits keep raw rows out.)
-    request.params.insert("max_labeled_demos".into(), json!(2));
+    // No raw training rows beside the bootstrapped traces: every demo is a trace.
+    request.params.insert("max_labeled_demos".into(), json!(0));
     request.progress = Some(tx);
     let run = program.optimize(request);
     tokio::pin!(run);
-    // Events arrive while the request is still running, not only at the end.
-    let mut before_end = Vec::new();
-    let report = loop {
-        tokio::select! {
-            report = &mut run => break report.unwrap(),
-            Some(event) = rx.recv() => before_end.push(event),
-        }
+    // The first event arrives while the optimizer is held in its first metric call: the
+    // request cannot have finished, so progress is forwarded as it happens.
+    let first = tokio::select! {
+        biased;
+        Some(event) = rx.recv() => event,
+        report = &mut run => panic!("finished before any progress: {report:?}"),
     };
-    assert!(
-        before_end.iter().any(|e| e["stage"] == "metric"),
-        "metric progress before the answer: {before_end:?}"
-    );
-    let stages: Vec<String> = before_end
-        .iter()
-        .chain(
-            std::iter::from_fn(|| rx.try_recv().ok())
-                .collect::<Vec<_>>()
-                .iter(),
-        )
-        .map(|e| e["stage"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(
-        stages.first().map(String::as_str),
-        Some("start"),
-        "{stages:?}"
-    );
+    assert_eq!(first["stage"], "start", "{first}");
+    assert!(futures::poll!(&mut run).is_pending());
+    std::fs::write(&go, "").unwrap();
+    let report = run.await.unwrap();
+    let mut stages = vec!["start".to_owned()];
+    while let Ok(event) = rx.try_recv() {
+        stages.push(event["stage"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(stages.iter().any(|s| s == "metric"), "{stages:?}");
     assert_eq!(
         stages.last().map(String::as_str),
         Some("done"),
