@@ -5,7 +5,7 @@
 
 mod programs_common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use programs_common::*;
@@ -65,11 +65,10 @@ fn run_program_over_200_rows_on_2_workers_equals_the_module_called_in_python() {
         assert_eq!(line["outputs"], expected[i], "row {i}");
         assert_eq!(line["usage"]["calls"], 2);
     }
-    // Two LM calls per row (query, then answer), from both workers.
-    let calls = traced(&trace);
-    assert_eq!(calls.len(), 400);
-    let pids: BTreeSet<String> = calls.iter().map(|c| c["pid"].to_string()).collect();
-    assert_eq!(pids.len(), 2, "both workers served rows");
+    // Two LM calls per row (query, then answer). (That both workers serve is shown by
+    // the library test of the same name: `run` starts serving from its first ready
+    // worker, so how many a short run uses depends on start-up timing.)
+    assert_eq!(traced(&trace).len(), 400);
 }
 
 #[test]

@@ -26,6 +26,56 @@ async fn start(size: usize, trace: &std::path::Path) -> System {
 }
 
 #[tokio::test]
+async fn a_custom_module_over_200_rows_on_2_workers_equals_the_module_called_in_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.jsonl");
+    let system = start(2, &trace).await;
+    let session = system.open_session(None).await.unwrap();
+    session
+        .create("p", ProgramSpec::python(FACTORY))
+        .await
+        .unwrap();
+    let program = session.program("p").await.unwrap().for_batch();
+    let data = rows(200);
+    // More rows in flight than one worker has slots, so the scheduler uses both.
+    let window = 4 * system.config().pool.worker_concurrency;
+    let outputs: Vec<Value> = futures::stream::iter(data.clone())
+        .map(|row| {
+            let program = program.clone();
+            async move {
+                let (inputs, _) = program.split_row(row).unwrap();
+                Value::Object(program.predict(inputs).await.unwrap().outputs)
+            }
+        })
+        .buffered(window)
+        .collect()
+        .await;
+    let expected = reference(json!({"mode": "run", "factory": FACTORY, "rows": questions(&data)}));
+    assert_eq!(Value::Array(outputs), expected);
+    let calls: Vec<Value> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 400, "two LM calls per row");
+    let pids: std::collections::BTreeSet<String> =
+        calls.iter().map(|c| c["pid"].to_string()).collect();
+    assert_eq!(pids.len(), 2, "both workers ran rows");
+    let served: Vec<u64> = system
+        .status()
+        .await
+        .unwrap()
+        .pool
+        .unwrap()
+        .workers
+        .iter()
+        .map(|w| w.stats.requests)
+        .collect();
+    assert!(served.iter().all(|&n| n > 0), "{served:?}");
+    system.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
 async fn evaluate_gives_dspy_evaluates_score_for_every_metric_failed_rows_counting_zero() {
     let dir = tempfile::tempdir().unwrap();
     let system = start(2, &dir.path().join("trace.jsonl")).await;
