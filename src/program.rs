@@ -601,22 +601,16 @@ fn program_error(error_type: &str, message: String) -> ActorError {
     }
 }
 
+/// A program the bridge (or the registry) did not find gets this program's and session's
+/// ids; a duplicate is already a `validation` error on `program_id`.
 fn map_program_error(e: Error, program_id: &str, session: &str) -> Error {
     match e {
-        Error::Python { error_type, .. } if error_type == "ProgramNotFound" => {
+        Error::Refused { error_type, .. } if error_type == "ProgramNotFound" => {
             Error::ProgramNotFound {
                 program_id: program_id.into(),
                 session: session.into(),
             }
         }
-        Error::Python {
-            error_type,
-            message,
-            ..
-        } if error_type == "ProgramExists" => Error::Validation(ValidationError {
-            field: "program_id".into(),
-            message,
-        }),
         other => other,
     }
 }
