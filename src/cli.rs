@@ -251,12 +251,27 @@ async fn start_system(
     wait_ready: usize,
 ) -> Result<System, CliError> {
     let env = python::prepare(config, require_dspy).await?;
-    Ok(System::builder(config.clone())
-        .python_env(env)
+    let started = System::builder(config.clone())
+        .python_env(env.clone())
         .require_dspy(require_dspy)
         .wait_ready(wait_ready)
         .start()
-        .await?)
+        .await;
+    match started {
+        Ok(system) => Ok(system),
+        // Workers that cannot start in a venv with missing files fail with an import error
+        // that says nothing about the venv; say what is wrong and that `setup` repairs it.
+        Err(e) if e.kind() == "environment" => {
+            let damaged =
+                tokio::task::spawn_blocking(move || dspex::python_env::check_venv_files(&env))
+                    .await;
+            match damaged {
+                Ok(Err(damage)) => Err(dspex::Error::from(damage).into()),
+                _ => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -226,7 +226,11 @@ fn setup_is_idempotent_and_prints_where_the_venv_is() {
         .arg("setup")
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("verified; dspy"))
+        .stderr(
+            predicate::str::contains("python environment verified (").and(
+                predicate::str::is_match(r"\(\d+ files of \d+ packages intact\); dspy").unwrap(),
+            ),
+        )
         .get_output()
         .clone();
     assert_eq!(
@@ -254,4 +258,108 @@ fn every_subcommand_help_shows_an_example() {
                     .and(predicate::str::contains(format!("dspex {sub}"))),
             );
     }
+}
+
+/// A copy of the shared managed venv in a fresh `DSPEX_HOME`, so a test can damage it.
+fn copy_of_the_shared_venv() -> (tempfile::TempDir, PathBuf) {
+    use dspex::python_env::{ensure, PythonSetup};
+    let shared = ensure(&PythonSetup::default(), &mut |_| {}).expect("the shared venv");
+    let shared = shared.venv.expect("a managed venv");
+    let home = tempfile::tempdir().unwrap();
+    let venvs = home.path().join("venvs");
+    std::fs::create_dir(&venvs).unwrap();
+    let copy = venvs.join(shared.file_name().unwrap());
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&shared)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (home, copy)
+}
+
+/// `<venv>/lib/pythonX.Y/site-packages`.
+fn site_packages(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let python = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+        })
+        .unwrap();
+    python.join("site-packages")
+}
+
+#[test]
+fn a_damaged_venv_fails_a_run_pointing_at_setup_which_repairs_it() {
+    let (home, venv) = copy_of_the_shared_venv();
+    let site = site_packages(&venv);
+    let version = std::fs::read_dir(&site)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find_map(|n| {
+            n.strip_prefix("dspy-")
+                .and_then(|v| v.strip_suffix(".dist-info"))
+                .map(str::to_owned)
+        })
+        .expect("dspy's dist-info");
+    let damaged = site.join("dspy/predict/predict.py");
+    std::fs::remove_file(&damaged).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"question\": \"q\"}\n").unwrap();
+
+    let out = dspex(dir.path())
+        .env("DSPEX_HOME", home.path())
+        .args([
+            "run",
+            "-s",
+            "question -> answer",
+            "-w",
+            "1",
+            "-i",
+            "in.jsonl",
+        ])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    assert!(
+        stderr.contains("dspy/predict/predict.py is missing"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run `dspex setup` to repair it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("python.handlers"), "{stderr}");
+
+    dspex(dir.path())
+        .env("DSPEX_HOME", home.path())
+        .arg("setup")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(format!(
+            "python environment repaired (reinstalled dspy=={version})"
+        )));
+    assert!(damaged.is_file(), "setup put the file back");
+    dspex(dir.path())
+        .env("DSPEX_HOME", home.path())
+        .args([
+            "run",
+            "-s",
+            "question -> answer",
+            "-w",
+            "1",
+            "-i",
+            "in.jsonl",
+        ])
+        .assert()
+        .code(0);
 }
