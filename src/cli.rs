@@ -12,6 +12,7 @@ mod doctor;
 mod python;
 mod run;
 mod setup;
+mod source;
 mod status;
 
 use std::io::IsTerminal;

@@ -16,6 +16,9 @@ pub mod system;
 pub use config::Config;
 pub use dspex_actors::{Health, SystemHealth, SystemStatus};
 pub use error::{Error, Result};
-pub use program::{ModuleKind, Program, ProgramDef, ProgramInfo, Session};
+pub use program::{
+    Inputs, ModuleKind, Prediction, Program, ProgramDef, ProgramInfo, ProgramSpec, Scored, Session,
+    StateFile, TokenUsage, Usage,
+};
 pub use signature::Signature;
 pub use system::{Call, System};

@@ -227,6 +227,29 @@ impl Signature {
         })
     }
 
+    /// Parses the outputs alone, `answer, confidence: float`: what a `python` program
+    /// declares when its inputs are whatever its `forward` takes. The result has no input
+    /// fields (the one kind of signature that may not).
+    ///
+    /// ```
+    /// let sig = dspex::Signature::parse_outputs("answer, confidence: float")?;
+    /// assert!(sig.inputs.is_empty());
+    /// assert_eq!(sig.outputs.len(), 2);
+    /// # Ok::<(), dspex::signature::SignatureError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`SignatureError`] pointing at the offending character.
+    pub fn parse_outputs(source: &str) -> Result<Signature, SignatureError> {
+        Ok(Signature {
+            name: None,
+            instructions: None,
+            inputs: Vec::new(),
+            outputs: parse::parse_field_list(source)?,
+        })
+    }
+
     /// Builds a signature from fields, applying the same checks as the parser.
     ///
     /// # Errors

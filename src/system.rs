@@ -4,7 +4,8 @@
 //! from any async runtime (tokio, actix, or none at all), and any number of systems —
 //! even with the same `system.name` — can live in one process without sharing anything.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::program::{ProgramDef, Usage};
 use crate::python_env::{self, Progress, PythonEnv};
 
 /// A handle to a running system. Cheap to clone, `Send + Sync`; the system shuts down
@@ -45,6 +47,45 @@ struct Inner {
     supervisor: Addr<Supervisor>,
     stop: mpsc::UnboundedSender<()>,
     done: watch::Receiver<bool>,
+    programs: ProgramCache,
+    usage: Mutex<Usage>,
+}
+
+/// The program definitions this process has created or read, per session: so running a
+/// program by name does not ask the registry each time. Every change to a session's
+/// programs through this handle updates it; the registry stays the truth for other
+/// processes and for workers.
+#[derive(Default)]
+pub(crate) struct ProgramCache {
+    defs: Mutex<HashMap<(String, String), Arc<ProgramDef>>>,
+}
+
+impl ProgramCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<ProgramDef>>> {
+        // Nothing can be left half-done under this lock: a panic elsewhere does not
+        // poison what it holds.
+        self.defs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn get(&self, session: &str, program: &str) -> Option<Arc<ProgramDef>> {
+        self.lock()
+            .get(&(session.to_owned(), program.to_owned()))
+            .cloned()
+    }
+
+    pub(crate) fn insert(&self, session: &str, program: &str, def: Arc<ProgramDef>) {
+        self.lock()
+            .insert((session.to_owned(), program.to_owned()), def);
+    }
+
+    pub(crate) fn remove(&self, session: &str, program: &str) {
+        self.lock()
+            .remove(&(session.to_owned(), program.to_owned()));
+    }
+
+    pub(crate) fn forget_session(&self, session: &str) {
+        self.lock().retain(|(s, _), _| s != session);
+    }
 }
 
 /// A request for [`System::execute`].
@@ -239,6 +280,8 @@ impl Builder {
                 supervisor,
                 stop: stop_tx,
                 done: done_rx,
+                programs: ProgramCache::default(),
+                usage: Mutex::new(Usage::default()),
             }),
         };
         let ready = system
@@ -253,7 +296,20 @@ impl Builder {
             Ok(Err(e)) => {
                 let _ = system.shutdown(Duration::from_secs(1)).await;
                 Err(match e {
-                    ActorError::Python { error_type, message, .. } => Error::Environment(format!(
+                    // The LM could not be set up (a missing key, an unknown model): the
+                    // message says which setting to fix.
+                    ActorError::Python {
+                        error_type,
+                        message,
+                        ..
+                    } if error_type == "LMError" || error_type == "InvalidRequest" => {
+                        Error::Environment(format!("workers cannot start: {message}"))
+                    }
+                    ActorError::Python {
+                        error_type,
+                        message,
+                        ..
+                    } => Error::Environment(format!(
                         "workers cannot start: the bridge raised {error_type}: {message} (check python.handlers and python.path)"
                     )),
                     other => Error::from(other),
@@ -360,6 +416,30 @@ impl System {
         }
     }
 
+    pub(crate) fn programs(&self) -> &ProgramCache {
+        &self.inner.programs
+    }
+
+    pub(crate) fn record_usage(&self, usage: &Usage) {
+        if !usage.is_empty() {
+            self.inner
+                .usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(usage);
+        }
+    }
+
+    /// Token usage (and cost, when known) of every program run through this system so
+    /// far, per model.
+    pub fn usage(&self) -> Usage {
+        self.inner
+            .usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Why a request got no answer: the system failed, or it is shutting down.
     async fn gone(&self) -> Error {
         match self.inner.supervisor.send(GetStatus).await {
@@ -410,6 +490,7 @@ impl System {
     ///
     /// `session_not_found` for an unknown id.
     pub async fn end_session(&self, session_id: &str) -> Result<SessionInfo> {
+        self.inner.programs.forget_session(session_id);
         Ok(self
             .registry(session::End {
                 session_id: session_id.into(),
@@ -456,6 +537,9 @@ impl System {
     where
         F: Fn(&mut Value) -> std::result::Result<Value, ActorError> + Send + Sync + 'static,
     {
+        // The state holds the session's programs: what this process cached of them may
+        // no longer be what the registry has.
+        self.inner.programs.forget_session(session_id);
         Ok(self
             .registry(session::UpdateState {
                 session_id: session_id.into(),

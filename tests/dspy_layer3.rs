@@ -195,33 +195,20 @@ async fn validation_errors_are_typed_and_nothing_reaches_a_worker() {
 }
 
 #[tokio::test]
-async fn unreachable_real_lm_fails_fast_with_an_lm_error() {
+async fn a_real_lm_without_its_key_fails_start_up_naming_the_variable() {
     init_logs();
     let mut config = Config::test();
     config.lm.model = "openai/gpt-4o-mini".into();
     config.lm.api_key_env = Some("DSPEX_TEST_KEY_THAT_IS_NOT_SET".into());
-    let system = System::builder(config).start().await.unwrap();
-    let session = system.open_session(None).await.unwrap();
-    session
-        .create_program(
-            "qa",
-            &"question -> answer".parse().unwrap(),
-            ModuleKind::Predict,
-        )
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let err = session
-        .execute("qa", obj(json!({"question": "q"})))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), "lm", "{err}");
+    // Workers build their LM before they answer the handshake: a missing key stops the
+    // start, before any row is read, instead of failing every row.
+    let err = System::builder(config).start().await.unwrap_err();
+    assert_eq!(err.kind(), "environment", "{err}");
     assert!(
         err.to_string().contains("DSPEX_TEST_KEY_THAT_IS_NOT_SET"),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(30));
-    system.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(!err.to_string().contains("python.handlers"), "{err}");
 }
 
 #[tokio::test]

@@ -156,8 +156,8 @@ impl WorkerCache {
         let answer = json!({
             "program_id": def.id,
             "session_id": scope,
-            "module": def.module.as_str(),
-            "signature": def.signature.to_string(),
+            "module": def.module().as_str(),
+            "signature": def.signature().expect("a signature program").to_string(),
         });
         programs.insert(
             def.id.clone(),
@@ -213,12 +213,22 @@ impl WorkerCache {
         program.executions += 1;
         let def = &program.def;
         let mut outputs = Map::new();
-        if def.module == ModuleKind::ChainOfThought && def.signature.output("reasoning").is_none() {
+        if def.module() == ModuleKind::ChainOfThought
+            && def
+                .signature()
+                .expect("a signature program")
+                .output("reasoning")
+                .is_none()
+        {
             // DSPy's ChainOfThought predicts a rationale first; the host drops it as
             // undeclared, but it is on the wire like the real one.
             outputs.insert("reasoning".into(), fake_text(&def.id, &inputs, "reasoning"));
         }
-        outputs.extend(fake_outputs(&def.id, &def.signature, &inputs));
+        outputs.extend(fake_outputs(
+            &def.id,
+            def.signature().expect("a signature program"),
+            &inputs,
+        ));
         Ok(json!({"program_id": def.id, "outputs": outputs}))
     }
 
@@ -244,11 +254,15 @@ impl WorkerCache {
             .get(&scope)
             .and_then(|p| p.get(&id))
             .ok_or_else(|| missing(&id, &scope))?;
-        let wire = cached.def.signature.to_wire();
+        let wire = cached
+            .def
+            .signature()
+            .expect("a signature program")
+            .to_wire();
         Ok(json!({
             "program_id": id,
-            "module": cached.def.module.as_str(),
-            "signature": cached.def.signature.to_string(),
+            "module": cached.def.module().as_str(),
+            "signature": cached.def.signature().expect("a signature program").to_string(),
             "inputs": wire["inputs"],
             "outputs": wire["outputs"],
             "executions": cached.executions,
@@ -383,7 +397,11 @@ mod tests {
     use super::*;
 
     fn def(id: &str, signature: &str) -> Value {
-        ProgramDef::new(id, ModuleKind::Predict, signature.parse().unwrap()).to_wire()
+        crate::program::ProgramSpec::new(ModuleKind::Predict, signature.parse().unwrap())
+            .resolve(id)
+            .unwrap()
+            .to_wire()
+            .clone()
     }
 
     fn call(bridge: &FakeBridge, worker: &str, command: &str, args: Value) -> FakeAction {

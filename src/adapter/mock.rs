@@ -18,7 +18,7 @@ use super::{
 };
 use crate::config::ConfigError;
 use crate::error::{Error, Result};
-use crate::program::{ModuleKind, ProgramDef, ProgramInfo};
+use crate::program::{ModuleKind, ProgramDef, ProgramInfo, ProgramSpec};
 use crate::signature::{Signature, SignatureError, ValidationError};
 
 /// The error kinds [`Mock::fail_when`] can inject: every kind of [`Error::kind`].
@@ -235,15 +235,7 @@ fn injected(kind: &str, program_id: &str, session: &str) -> Error {
 
 /// What [`Session::program_info`](crate::Session::program_info) reports for `def`.
 pub(super) fn program_info(def: &ProgramDef, session: &str) -> ProgramInfo {
-    ProgramInfo {
-        program_id: def.id.clone(),
-        session_id: session.to_owned(),
-        module: def.module,
-        signature: def.signature.to_string(),
-        instructions: def.signature.instructions.clone(),
-        input_schema: def.signature.input_schema(),
-        output_schema: def.signature.output_schema(),
-    }
+    ProgramInfo::of(def, session)
 }
 
 fn not_found(program_id: &str, session: &str) -> Error {
@@ -294,7 +286,7 @@ impl Adapter for Mock {
                 ),
             )));
         }
-        let def = ProgramDef::new(program_id, module, signature.clone());
+        let def = ProgramSpec::new(module, signature.clone()).resolve(program_id)?;
         let info = program_info(&def, &sid);
         programs.insert(program_id.to_owned(), def);
         Ok(info)
@@ -313,13 +305,23 @@ impl Adapter for Mock {
             .get(&sid)
             .and_then(|programs| programs.get(program_id))
             .ok_or_else(|| not_found(program_id, &sid))?;
-        def.signature.validate_inputs(&inputs)?;
-        let adds_reasoning =
-            def.module == ModuleKind::ChainOfThought && def.signature.output("reasoning").is_none();
+        def.signature()
+            .expect("a signature program")
+            .validate_inputs(&inputs)?;
+        let adds_reasoning = def.module() == ModuleKind::ChainOfThought
+            && def
+                .signature()
+                .expect("a signature program")
+                .output("reasoning")
+                .is_none();
         let raw = match state.outputs.get(program_id) {
             Some(fixed) => fixed.clone(),
             None => {
-                let mut raw = fake_outputs(program_id, &def.signature, &inputs);
+                let mut raw = fake_outputs(
+                    program_id,
+                    def.signature().expect("a signature program"),
+                    &inputs,
+                );
                 if adds_reasoning {
                     raw.insert(
                         "reasoning".into(),
@@ -329,7 +331,10 @@ impl Adapter for Mock {
                 raw
             }
         };
-        let mut outputs = def.signature.decode_outputs(&Value::Object(raw.clone()))?;
+        let mut outputs = def
+            .signature()
+            .expect("a signature program")
+            .decode_outputs(&Value::Object(raw.clone()))?;
         // As `Session::execute`: chain-of-thought's own rationale is kept when it is text.
         if adds_reasoning {
             if let Some(reasoning) = raw.get("reasoning").filter(|r| r.is_string()) {
@@ -474,7 +479,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn chain_of_thought_adds_a_reasoning_text_unless_declared() {
+    async fn chain_of_thought_adds_a_reasoning_text_and_refuses_a_declared_one() {
         let mock = Mock::new();
         let inputs = obj(json!({"question": "?"}));
         mock.create_program(None, "cot", &qa(), ModuleKind::ChainOfThought)
@@ -489,12 +494,13 @@ mod tests {
             .unwrap()
             .starts_with("mock reasoning "));
         assert_eq!(out.len(), 3);
+        // As in the real bridge, a chain of thought owns its `reasoning` field.
         let declared: Signature = "question -> reasoning: list[str]".parse().unwrap();
-        mock.create_program(None, "cot2", &declared, ModuleKind::ChainOfThought)
+        let err = mock
+            .create_program(None, "cot2", &declared, ModuleKind::ChainOfThought)
             .await
-            .unwrap();
-        let out = mock.execute_program(None, "cot2", inputs).await.unwrap();
-        assert!(out["reasoning"].is_array(), "{out:?}");
+            .unwrap_err();
+        assert_eq!(err.kind(), "validation", "{err}");
     }
 
     #[tokio::test]

@@ -24,22 +24,18 @@ use std::time::Duration;
 
 use clap::Args;
 use dspex::config::Config;
-use dspex::signature::Signature;
-use dspex::{ModuleKind, Session};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::io::{AsyncBufRead, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use self::input::Lines;
 use self::progress::RunProgress;
 use self::reorder::Reorder;
-use self::rows::RowError;
+pub use self::rows::RowError;
+use super::source::{RowOutput, Runner, SourceArgs, SourcePlan};
 use super::{CliError, ConfigArgs, Outcome, Signal};
-
-/// The program every run creates in its session.
-const PROGRAM: &str = "main";
 
 pub const HELP: &str = "\
 Examples:
@@ -66,12 +62,8 @@ A summary line goes to stderr at the end; DSPEX_REPORT_CPU=1 adds dspex's own CP
 /// Flags of `dspex run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The DSPy signature, e.g. "question -> answer" or "context: list[str], question -> answer".
-    #[arg(long, short = 's', value_name = "SIG")]
-    signature: String,
-    /// The DSPy module: predict or chain_of_thought.
-    #[arg(long, short = 'm', value_name = "KIND", default_value = "predict")]
-    module: String,
+    #[command(flatten)]
+    source: SourceArgs,
     /// JSONL input file, or - for standard input.
     #[arg(long, short = 'i', value_name = "FILE|-")]
     input: PathBuf,
@@ -106,8 +98,7 @@ impl RunArgs {
 
 /// A run whose command line checked out: nothing started, nothing written yet.
 struct Plan {
-    signature: Signature,
-    module: ModuleKind,
+    source: SourcePlan,
     config: Config,
     input: Input,
     output: PathBuf,
@@ -123,23 +114,12 @@ struct Input {
 
 /// Checks everything the command line names, in the order a user would fix them.
 fn plan(args: RunArgs) -> Result<Plan, CliError> {
-    let signature: Signature = args
-        .signature
-        .parse()
-        .map_err(|e| CliError::Usage(format!("--signature: {e}")))?;
-    let module: ModuleKind = args.module.parse().map_err(|e: dspex::Error| {
-        let message = match e {
-            dspex::Error::Validation(v) => v.message,
-            other => other.to_string(),
-        };
-        CliError::Usage(format!("--module: {message}"))
-    })?;
+    let source = args.source.plan()?;
     let config = args.config.load(&args.overrides())?;
     let input = open_input(&args.input)?;
     check_output(&args.output, &args.input)?;
     Ok(Plan {
-        signature,
-        module,
+        source,
         config,
         input,
         output: args.output,
@@ -258,15 +238,18 @@ pub async fn run(args: RunArgs) -> Result<Outcome, CliError> {
     let mut signals = Signals::install()?;
     let config = plan.config.clone();
     let begun = std::time::Instant::now();
-    let session = tokio::select! {
-        session = start(&plan) => session?,
+    let runner = tokio::select! {
+        runner = start(&plan) => runner?,
         signal = signals.recv() => {
             eprintln!("dspex: stopped by {} while starting", signal.name());
             return Ok(Outcome::Interrupted(signal));
         }
     };
-    let system = session.system().clone();
-    let result = stream(plan, &session, &mut signals, begun.elapsed()).await;
+    let system = match &runner {
+        Runner::Program(program) => program.session().system().clone(),
+        Runner::Command { session, .. } => session.system().clone(),
+    };
+    let result = stream(plan, &runner, &mut signals, begun.elapsed()).await;
     let graceful = match result {
         // After a signal the in-flight rows already had their grace period.
         Ok((Outcome::Interrupted(_), _)) => Duration::ZERO,
@@ -286,30 +269,23 @@ fn report_cpu() -> bool {
     std::env::var("DSPEX_REPORT_CPU").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// Python, the system, a session and the program.
-async fn start(plan: &Plan) -> Result<Session, CliError> {
-    let system = super::start_system(&plan.config, true, 1).await?;
-    let created = async {
+/// Python, the system, a session and what runs the rows.
+async fn start(plan: &Plan) -> Result<Runner, CliError> {
+    // A user command needs no DSPy in the workers; a program does.
+    let dspy = matches!(plan.source, SourcePlan::Program(_));
+    let system = super::start_system(&plan.config, dspy, 1).await?;
+    let prepared = async {
         let session = system.open_session(None).await?;
-        session
-            .create_program(PROGRAM, &plan.signature, plan.module)
-            .await?;
-        Ok::<_, dspex::Error>(session)
+        plan.source.prepare(&session, None).await
     }
     .await;
-    match created {
-        Ok(session) => Ok(session),
-        Err(e) => {
-            let _ = system.shutdown(plan.config.shutdown.graceful_timeout).await;
-            Err(CliError::Usage(format!(
-                "cannot create the {} program for `{}`: {e}",
-                plan.module, plan.signature
-            )))
-        }
+    if prepared.is_err() {
+        let _ = system.shutdown(plan.config.shutdown.graceful_timeout).await;
     }
+    prepared
 }
 
-type RowFuture = Pin<Box<dyn Future<Output = (u64, dspex::Result<Map<String, Value>>)> + Send>>;
+type RowFuture = Pin<Box<dyn Future<Output = (u64, dspex::Result<RowOutput>)> + Send>>;
 
 /// A finished row waiting to be written.
 struct Finished {
@@ -332,7 +308,7 @@ impl Sink {
         index: u64,
         id: &Value,
         end_offset: u64,
-        result: Result<Map<String, Value>, RowError>,
+        result: Result<RowOutput, RowError>,
     ) {
         let line = rows::render(index, id, &result);
         self.reorder.insert(
@@ -384,19 +360,16 @@ fn create_output(path: &Path) -> Result<Box<dyn Write + Send>, CliError> {
 /// Runs every row and writes the output; stops early on a signal.
 async fn stream(
     plan: Plan,
-    session: &Session,
+    runner: &Runner,
     signals: &mut Signals,
     startup: Duration,
 ) -> Result<(Outcome, RunProgress), CliError> {
     let Plan {
-        signature,
         config,
         input,
         output,
         ..
     } = plan;
-    // Read the definition once; every row then carries it without a registry round trip.
-    let program = session.program(PROGRAM).await?;
     let terminal = super::stderr_is_terminal();
     let mut sink = Sink {
         out: BufWriter::with_capacity(64 * 1024, create_output(&output)?),
@@ -405,8 +378,8 @@ async fn stream(
         progress: RunProgress::new(terminal, input.len, startup),
     };
     let mut lines = Lines::new(input.reader);
-    // Two requests per worker keep every worker busy while the next is on its way.
-    let max_in_flight = 2 * config.pool.size;
+    // Every slot of the pool busy, and a few rows more so a slot never waits for a row.
+    let max_in_flight = config.pool.capacity() + config.pool.size;
     // Rows read but not yet written: bounds the reorder buffer behind one slow row.
     let max_window = (64 * config.pool.size as u64).max(1024);
     let mut in_flight: FuturesUnordered<RowFuture> = FuturesUnordered::new();
@@ -445,12 +418,12 @@ async fn stream(
                 Ok(Some(line)) => {
                     let index = next_index;
                     next_index += 1;
-                    match rows::parse(&line.bytes, line.number, &signature) {
+                    match rows::parse(&line.bytes, line.number, runner) {
                         Ok(row) => {
                             outstanding.insert(index, (row.id, line.end_offset));
-                            let program = program.clone();
+                            let runner = runner.clone();
                             in_flight.push(Box::pin(async move {
-                                (index, program.execute(row.inputs).await)
+                                (index, runner.run(row.input).await)
                             }));
                         }
                         Err(rejected) => {
@@ -565,7 +538,7 @@ mod tests {
     #[test]
     fn a_bad_signature_or_module_is_a_usage_error_naming_the_flag() {
         let mut bad = args(&[]);
-        bad.signature = "question ->".into();
+        bad.source.signature = Some("question ->".into());
         let e = plan(bad).err().unwrap();
         assert!(
             e.to_string().starts_with("--signature: invalid signature"),

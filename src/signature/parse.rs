@@ -69,6 +69,34 @@ pub(super) fn parse_signature(source: &str) -> Result<(Vec<Field>, Vec<Field>), 
     Ok((strip(inputs), strip(outputs)))
 }
 
+/// Parses a bare field list, `answer, confidence: float`: the outputs-only signature a
+/// python program may declare.
+pub(super) fn parse_field_list(source: &str) -> Result<Vec<Field>, SignatureError> {
+    let mut p = Parser::new(source);
+    p.skip_ws();
+    if p.at_end() {
+        return Err(p.error_here("no fields; write the outputs like \"answer, confidence: float\""));
+    }
+    let fields = p.field_list(Side::Outputs)?;
+    if p.rest().starts_with("->") {
+        return Err(p.error_here(
+            "a list of output fields has no '->'; write either the outputs alone or a whole signature \"inputs -> outputs\"",
+        ));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for (field, start) in &fields {
+        if seen.contains(&field.name.as_str()) {
+            return Err(SignatureError::at(
+                format!("field name `{}` is used twice", field.name),
+                source,
+                *start,
+            ));
+        }
+        seen.push(&field.name);
+    }
+    Ok(fields.into_iter().map(|(f, _)| f).collect())
+}
+
 /// Parses a whole string as one type (a structured field's `"type"`).
 pub(super) fn parse_type(source: &str) -> Result<FieldType, SignatureError> {
     let mut p = Parser::new(source);

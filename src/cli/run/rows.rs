@@ -1,21 +1,21 @@
 //! One input line in, one output line out.
 //!
 //! A row is checked entirely in Rust before anything is sent: a line that is not a JSON
-//! object fails as `input`, a row whose inputs do not fit the signature fails as
-//! `validation`. Only the signature's declared inputs are taken from the row, so rows can
-//! carry ids, labels or anything else alongside them.
+//! object fails as `input`, a row whose inputs do not fit the program fails as
+//! `validation` (the [`Runner`] validates, once). Only the program's inputs are taken
+//! from the row, so rows can carry ids, labels or anything else alongside them.
 
-use dspex::signature::Signature;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::cli::source::{RowInput, RowOutput, Runner};
+
 /// A row ready to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Row {
     /// The row's `id`, echoed in its output line; `null` when it has none.
     pub id: Value,
-    /// The signature's inputs, taken from the row.
-    pub inputs: Map<String, Value>,
+    pub input: RowInput,
 }
 
 /// Why a row failed: a stable error kind and a message.
@@ -47,8 +47,20 @@ pub struct Rejected {
     pub error: RowError,
 }
 
-/// Parses input line `line_no` (1-based, for messages) against `signature`.
-pub fn parse(line: &[u8], line_no: u64, signature: &Signature) -> Result<Row, Rejected> {
+/// Parses input line `line_no` (1-based, for messages) for `runner`.
+pub fn parse(line: &[u8], line_no: u64, runner: &Runner) -> Result<Row, Rejected> {
+    let (id, object) = parse_object(line, line_no)?;
+    match runner.row(object) {
+        Ok(input) => Ok(Row { id, input }),
+        Err(error) => Err(Rejected {
+            id,
+            error: RowError::new(error.kind, format!("line {line_no}: {}", error.message)),
+        }),
+    }
+}
+
+/// The JSON object on a line, and its `id`.
+pub fn parse_object(line: &[u8], line_no: u64) -> Result<(Value, Map<String, Value>), Rejected> {
     let input_error = |message: String| Rejected {
         id: Value::Null,
         error: RowError::new("input", format!("line {line_no}: {message}")),
@@ -58,36 +70,14 @@ pub fn parse(line: &[u8], line_no: u64, signature: &Signature) -> Result<Row, Re
             "not valid JSON ({e}); each line must be one JSON object"
         ))
     })?;
-    let Value::Object(mut object) = value else {
+    let Value::Object(object) = value else {
         return Err(input_error(format!(
-            "expected a JSON object with the inputs {}, got {}",
-            input_names(signature),
+            "expected a JSON object, got {}",
             kind_of(&value)
         )));
     };
     let id = object.get("id").cloned().unwrap_or(Value::Null);
-    let mut inputs = Map::new();
-    for field in &signature.inputs {
-        if let Some(value) = object.remove(&field.name) {
-            inputs.insert(field.name.clone(), value);
-        }
-    }
-    match signature.validate_inputs(&inputs) {
-        Ok(()) => Ok(Row { id, inputs }),
-        Err(e) => Err(Rejected {
-            id,
-            error: RowError::new("validation", format!("line {line_no}: {e}")),
-        }),
-    }
-}
-
-fn input_names(signature: &Signature) -> String {
-    let names: Vec<String> = signature
-        .inputs
-        .iter()
-        .map(|f| format!("`{}`", f.name))
-        .collect();
-    names.join(", ")
+    Ok((id, object))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -106,24 +96,29 @@ struct OutputLine<'a> {
     index: u64,
     id: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    outputs: Option<&'a Map<String, Value>>,
+    outputs: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<dspex::TokenUsage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a RowError>,
 }
 
-/// The output line (without the newline) for row `index`.
-pub fn render(index: u64, id: &Value, result: &Result<Map<String, Value>, RowError>) -> String {
+/// The output line (without the newline) for row `index`: its outputs and, when it made
+/// LM calls, their usage summed over models.
+pub fn render(index: u64, id: &Value, result: &Result<RowOutput, RowError>) -> String {
     let line = match result {
-        Ok(outputs) => OutputLine {
+        Ok(output) => OutputLine {
             index,
             id,
-            outputs: Some(outputs),
+            outputs: Some(&output.outputs),
+            usage: (!output.usage.is_empty()).then(|| output.usage.total()),
             error: None,
         },
         Err(error) => OutputLine {
             index,
             id,
             outputs: None,
+            usage: None,
             error: Some(error),
         },
     };
@@ -137,34 +132,18 @@ mod tests {
 
     use super::*;
 
-    fn sig() -> Signature {
-        "question, context: list[str] -> answer".parse().unwrap()
-    }
-
     #[test]
-    fn takes_only_declared_inputs_and_keeps_the_id() {
-        let row = parse(
-            br#"{"id": "q1", "question": "why?", "context": ["a"], "label": "x"}"#,
-            1,
-            &sig(),
-        )
-        .unwrap();
-        assert_eq!(row.id, json!("q1"));
-        assert_eq!(
-            Value::Object(row.inputs),
-            json!({"question": "why?", "context": ["a"]})
-        );
-    }
-
-    #[test]
-    fn a_row_without_id_has_a_null_id() {
-        let row = parse(br#"{"question": "q", "context": []}"#, 1, &sig()).unwrap();
-        assert_eq!(row.id, Value::Null);
+    fn a_row_keeps_its_id_or_gets_null() {
+        let (id, object) = parse_object(br#"{"id": "q1", "question": "why?"}"#, 1).unwrap();
+        assert_eq!(id, json!("q1"));
+        assert_eq!(object["question"], "why?");
+        let (id, _) = parse_object(br#"{"question": "q"}"#, 1).unwrap();
+        assert_eq!(id, Value::Null);
     }
 
     #[test]
     fn malformed_json_is_an_input_error_naming_the_line() {
-        let rejected = parse(br#"{"question": "#, 7, &sig()).unwrap_err();
+        let rejected = parse_object(br#"{"question": "#, 7).unwrap_err();
         assert_eq!(rejected.error.kind, "input");
         assert!(
             rejected.error.message.starts_with("line 7: not valid JSON"),
@@ -176,35 +155,37 @@ mod tests {
 
     #[test]
     fn a_non_object_is_an_input_error() {
-        let rejected = parse(b"[1, 2]", 3, &sig()).unwrap_err();
+        let rejected = parse_object(b"[1, 2]", 3).unwrap_err();
         assert_eq!(rejected.error.kind, "input");
         assert!(rejected.error.message.contains("got an array"));
-        assert!(rejected.error.message.contains("`question`, `context`"));
     }
 
     #[test]
     fn invalid_utf8_is_an_input_error() {
-        let rejected = parse(b"{\"question\": \"\xff\"}", 2, &sig()).unwrap_err();
+        let rejected = parse_object(b"{\"question\": \"\xff\"}", 2).unwrap_err();
         assert_eq!(rejected.error.kind, "input");
     }
 
     #[test]
-    fn missing_and_mistyped_inputs_are_validation_errors_keeping_the_id() {
-        let missing = parse(br#"{"id": 5, "context": []}"#, 4, &sig()).unwrap_err();
-        assert_eq!(missing.error.kind, "validation");
-        assert_eq!(missing.id, json!(5));
-        assert!(missing.error.message.starts_with("line 4: `question`"));
-        let mistyped = parse(br#"{"question": "q", "context": "a"}"#, 9, &sig()).unwrap_err();
-        assert_eq!(mistyped.error.kind, "validation");
-        assert!(mistyped.error.message.contains("`context`"));
-    }
-
-    #[test]
-    fn output_lines_have_index_id_then_outputs_or_error() {
-        let outputs = json!({"answer": "42"}).as_object().unwrap().clone();
+    fn output_lines_have_index_id_then_outputs_and_usage_or_error() {
+        let output = RowOutput {
+            outputs: json!({"answer": "42"}),
+            usage: dspex::Usage::default(),
+        };
         assert_eq!(
-            render(3, &json!("a"), &Ok(outputs)),
+            render(3, &json!("a"), &Ok(output)),
             r#"{"index":3,"id":"a","outputs":{"answer":"42"}}"#
+        );
+        let usage = dspex::Usage::from_wire(Some(&json!({"m": {
+            "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5, "cost": null, "calls": 1
+        }})));
+        let output = RowOutput {
+            outputs: json!({"answer": "42"}),
+            usage,
+        };
+        assert_eq!(
+            render(4, &json!(null), &Ok(output)),
+            r#"{"index":4,"id":null,"outputs":{"answer":"42"},"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"cost":null,"calls":1}}"#
         );
         assert_eq!(
             render(0, &Value::Null, &Err(RowError::new("input", "line 1: bad"))),
