@@ -193,7 +193,7 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("dspex: cannot start the async runtime: {e}");
+            note(format_args!("dspex: cannot start the async runtime: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -227,16 +227,24 @@ pub fn main(cli: Cli) -> ExitCode {
 
 /// Prints an error to stderr: one line, then a Python traceback when there is one.
 fn report_error(e: &CliError) {
-    eprintln!("dspex: {e}");
+    note(format_args!("dspex: {e}"));
     if let CliError::Dspex(dspex::Error::Python {
         traceback: Some(traceback),
         ..
     }) = e
     {
         for line in traceback.lines() {
-            eprintln!("    {line}");
+            note(format_args!("    {line}"));
         }
     }
+}
+
+/// Writes one line to stderr, ignoring a stderr that is closed or full: a command must
+/// finish its work even when whoever read its messages went away (`2>&1 | head -1`),
+/// which `eprintln!` would turn into a panic.
+pub(crate) fn note(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Whether stderr is a terminal, so progress may redraw in place.

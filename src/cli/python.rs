@@ -84,9 +84,11 @@ impl Display {
                 if let Some(spinner) = self.spinner.take() {
                     spinner.finish_and_clear();
                 }
-                eprintln!("dspex: {done}");
+                super::note(format_args!("dspex: {done}"));
             }
-            (Progress::Step(s) | Progress::Done(s), false) => eprintln!("dspex: {s}"),
+            (Progress::Step(s) | Progress::Done(s), false) => {
+                super::note(format_args!("dspex: {s}"))
+            }
             (Progress::Line(line), false) => log::debug!("python setup: {line}"),
         }
     }
