@@ -9,6 +9,7 @@
 
 mod call;
 mod doctor;
+mod merge;
 mod python;
 mod run;
 mod setup;
@@ -46,6 +47,9 @@ enum Command {
     /// Run a DSPy program over a JSONL dataset, one output line per input row.
     #[command(after_help = run::HELP)]
     Run(run::RunArgs),
+    /// Join the outputs of `run --shard K/N` into one output in input order.
+    #[command(after_help = merge::HELP)]
+    Merge(merge::MergeArgs),
     /// Send one command (built-in, DSPy or user) through the pool and print its result.
     #[command(after_help = call::HELP)]
     Call(call::CallArgs),
@@ -200,6 +204,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Merge(args) => merge::merge(args).await,
             Command::Call(args) => call::call(args).await,
             Command::Setup(args) => setup::setup(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,

@@ -111,6 +111,34 @@ fn call_reports_a_python_error_with_its_type_and_exits_1() {
 }
 
 #[test]
+fn call_reads_its_args_from_a_file_with_an_at_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = handler_config(dir.path());
+    // Too long and too quoted for a command line: the reason for @FILE.
+    let text = "one two \"three\" ".repeat(2000);
+    std::fs::write(
+        dir.path().join("args.json"),
+        serde_json::to_string_pretty(&json!({ "text": text })).unwrap(),
+    )
+    .unwrap();
+    let out = dspex(dir.path())
+        .args(["call", "word_count", "--args", "@args.json", "--config"])
+        .arg(&config)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    assert_eq!(stdout_json(&out), json!({"words": 6000}));
+    dspex(dir.path())
+        .args(["call", "echo", "--args", "@missing.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cannot read --args from `missing.json`",
+        ));
+}
+
+#[test]
 fn call_with_args_that_are_not_an_object_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     dspex(dir.path())
@@ -248,7 +276,7 @@ fn setup_is_idempotent_and_prints_where_the_venv_is() {
 #[test]
 fn every_subcommand_help_shows_an_example() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["run", "call", "setup", "doctor", "status"] {
+    for sub in ["run", "merge", "call", "setup", "doctor", "status"] {
         dspex(dir.path())
             .args([sub, "--help"])
             .assert()

@@ -152,13 +152,22 @@ fn plan(args: RunArgs) -> Result<Plan, CliError> {
     let config = args.config.load(&args.overrides())?;
     let input = input::open(&args.input)?;
     let target = Target::check(&args.output, input.identity, args.resume)?;
-    let record = match target.is_regular() {
-        true => Some(InputRecord::of(&args.input)?),
-        false => None,
+    // Only a regular file can be hashed (a device like /dev/zero never ends) and read
+    // again by a resume; other inputs get a record without a hash.
+    let record = match (target.is_regular(), input.len.is_some()) {
+        (true, true) => Some(InputRecord::of(&args.input)?),
+        (true, false) => Some(InputRecord::of(Path::new("-"))?),
+        (false, _) => None,
     };
     let resume = match (&record, args.resume) {
-        (Some(record), true) => resumable(&args, record)?,
-        _ => None,
+        (Some(record), true) => resumable(&args, record, digest_before_start(&source))?,
+        (None, true) => {
+            return Err(CliError::Usage(format!(
+                "--resume completes an output file, and `{}` is not a regular file",
+                args.output.display()
+            )))
+        }
+        (_, false) => None,
     };
     Ok(Plan {
         source,
@@ -172,15 +181,32 @@ fn plan(args: RunArgs) -> Result<Plan, CliError> {
     })
 }
 
+/// The program's digest when it is known without Python (a program, whose definition
+/// digest depends only on the flags and the state file; a command's is checked once the
+/// runner exists).
+fn digest_before_start(source: &SourcePlan) -> Option<String> {
+    match source {
+        SourcePlan::Program(spec) => spec
+            .resolve(super::source::PROGRAM)
+            .ok()
+            .map(|def| def.digest().to_owned()),
+        SourcePlan::Command(_) => None,
+    }
+}
+
 /// What an existing output holds for `--resume`, once it is known to belong to this
-/// input and shard (the program is compared once it is built). No output yet: `None`,
-/// a normal run.
-fn resumable(args: &RunArgs, record: &InputRecord) -> Result<Option<Resume>, CliError> {
+/// input, shard and (when `digest` is known already) program. No output yet: `None`, a
+/// normal run.
+fn resumable(
+    args: &RunArgs,
+    record: &InputRecord,
+    digest: Option<String>,
+) -> Result<Option<Resume>, CliError> {
     let output = &args.output;
-    if args.input == Path::new("-") {
+    if record.sha256.is_none() {
         return Err(CliError::Usage(
-            "--resume needs --input FILE: standard input cannot be read a second time to find \
-             the rows that are missing"
+            "--resume needs --input FILE, a regular file: standard input or a device cannot be \
+             read a second time to find the rows that are missing"
                 .into(),
         ));
     }
@@ -195,7 +221,7 @@ fn resumable(args: &RunArgs, record: &InputRecord) -> Result<Option<Resume>, Cli
             Sidecar::path_for(output).display()
         ))
     })?;
-    if let Some(why) = sidecar.mismatch(record, None, args.shard) {
+    if let Some(why) = sidecar.mismatch(record, digest.as_deref(), args.shard) {
         return Err(CliError::Usage(format!(
             "cannot resume `{}`: {why}",
             output.display()
@@ -271,9 +297,13 @@ pub async fn run(args: RunArgs) -> Result<Outcome, CliError> {
     Ok(ended.outcome)
 }
 
-/// A resume of an output that already has every row: nothing to start.
+/// A resume of an output that already has every row: nothing to start. Only for a
+/// program, whose digest was checked without Python.
 fn already_complete(plan: &Plan) -> Option<Outcome> {
     let resume = plan.resume.as_ref()?;
+    if !matches!(plan.source, SourcePlan::Program(_)) {
+        return None;
+    }
     let rows = resume.sidecar.rows.filter(|_| resume.sidecar.complete)?;
     let expected = match plan.shard {
         Some(shard) => (0..rows).filter(|i| shard.contains(*i)).count() as u64,
@@ -440,15 +470,16 @@ mod tests {
         let record = InputRecord::of(&input).unwrap();
         let mut run = args(&["--resume"]);
         run.output = output.clone();
-        let e = resumable(&run, &record).err().unwrap();
+        let stdin = InputRecord::of(Path::new("-")).unwrap();
+        let e = resumable(&run, &stdin, None).err().unwrap();
         assert!(e.to_string().contains("--resume needs --input FILE"), "{e}");
         run.input = input.clone();
         assert!(
-            resumable(&run, &record).unwrap().is_none(),
+            resumable(&run, &record, None).unwrap().is_none(),
             "no output yet: a normal run"
         );
         std::fs::write(&output, "").unwrap();
-        let e = resumable(&run, &record).err().unwrap();
+        let e = resumable(&run, &record, None).err().unwrap();
         assert!(e.to_string().contains("has no run record"), "{e}");
     }
 

@@ -141,6 +141,8 @@ impl Target {
             }
             Target::File { path, file } => {
                 let opened = match file {
+                    // Devices (`/dev/null`, `/dev/full`) cannot be truncated, nor need it.
+                    Some(file) if !file.metadata().is_ok_and(|m| m.is_file()) => Ok(file),
                     Some(file) => file.set_len(0).map(|()| file),
                     None => File::create(&path),
                 };
