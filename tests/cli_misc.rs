@@ -43,6 +43,15 @@ def word_count(args):
 @command("fail_on_purpose")
 def fail(args):
     raise ValueError("the handler refused " + repr(args.get("why")))
+
+
+@command
+def worker_settings(args):
+    import json, os, resource
+    return {
+        "address_space": resource.getrlimit(resource.RLIMIT_AS)[0],
+        "lm": json.loads(os.environ["DSPEX_LM"]),
+    }
 "#,
     )
     .unwrap();
@@ -136,6 +145,39 @@ fn call_reads_its_args_from_a_file_with_an_at_sign() {
         .stderr(predicate::str::contains(
             "cannot read --args from `missing.json`",
         ));
+}
+
+#[test]
+fn workers_get_the_memory_limit_and_every_lm_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = handler_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("[pool]\n", "[pool]\nworker_memory_limit = \"3GiB\"\n");
+    text.push_str(
+        "[lm]\napi_base = \"http://127.0.0.1:9/v1\"\ntimeout = \"7s\"\nnum_retries = 5\n\
+         extra = { top_p = 0.5 }\ncache = \"disk\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dspex(dir.path())
+        .args(["call", "worker_settings", "--config"])
+        .arg(&config)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let settings = stdout_json(&out);
+    assert_eq!(settings["address_space"], 3u64 << 30);
+    let lm = &settings["lm"];
+    assert_eq!(lm["api_base"], "http://127.0.0.1:9/v1");
+    assert_eq!(lm["timeout"], 7.0);
+    assert_eq!(lm["num_retries"], 5);
+    assert_eq!(lm["extra"], json!({"top_p": 0.5}));
+    assert_eq!(lm["cache"], "disk");
+    let cache_dir = dspex::python_env::cache_dir().unwrap().join("lm-cache");
+    assert_eq!(lm["cache_dir"], cache_dir.display().to_string());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the LM cache is private");
 }
 
 #[test]
