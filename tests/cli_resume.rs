@@ -424,3 +424,56 @@ fn merge_refuses_shards_of_different_runs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is also a shard"));
 }
+
+#[test]
+fn the_slurm_example_runs_one_shard_per_task_and_merges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_questions(&d.join("in.jsonl"), 40);
+    run(d, &["-w", "1", "-i", "in.jsonl", "-o", "single.jsonl"], 0);
+    let slurm = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deploy/slurm");
+    let bin_dir = cargo_bin("dspex").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run_dir = d.join("run");
+    // What Slurm does: the same script once per array task, then the merge.
+    for k in 0..4 {
+        let status = Command::new("bash")
+            .arg(slurm.join("shard.sbatch"))
+            .arg(d.join("in.jsonl"))
+            .arg(&run_dir)
+            .current_dir(d)
+            .env("PATH", &path)
+            .env("SLURM_ARRAY_TASK_ID", k.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "4")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .env("LM_MODEL", "dummy")
+            .env_remove("DSPEX_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
+    let merged = Command::new("bash")
+        .arg(slurm.join("merge.sbatch"))
+        .arg(&run_dir)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        merged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    assert_eq!(
+        std::fs::read(run_dir.join("out.jsonl")).unwrap(),
+        std::fs::read(d.join("single.jsonl")).unwrap()
+    );
+}
