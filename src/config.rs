@@ -192,7 +192,10 @@ impl Config {
     /// `env`, and `overrides` (`("pool.size", 8)`, later ones win), then validates.
     ///
     /// `env` is usually [`process_env`]`()`; variables that do not start with `DSPEX_`
-    /// or have no `__` after it (such as `DSPEX_HOME`) are ignored. A variable's value
+    /// or have no `__` after it are not settings. Of those, a `DSPEX_*` variable that is
+    /// not one of dspex's own ([`ENV_VARIABLES`], such as `DSPEX_HOME`) is logged as a
+    /// warning naming the closest key, since `DSPEX_POOL_SIZE` (one underscore) would
+    /// otherwise be ignored without a word. A variable's value
     /// is read as a TOML value when it is one (`8`, `true`, `["a", "b"]`, `"x"`), and as
     /// a string otherwise (`30s`, `/usr/bin/python3`); for keys whose default is a
     /// string it is always the string as written, so `DSPEX_SYSTEM__NAME=123` is
