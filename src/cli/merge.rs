@@ -102,6 +102,8 @@ fn merge_files(output: &Path, shards: &[PathBuf]) -> Result<Outcome, CliError> {
     };
     let mut out = io::BufWriter::new(File::create(&staging).map_err(write_error)?);
     let tally = merge_lines(&mut readers, sidecar.rows, &mut out)?;
+    // The old record (if any) describes the output about to be replaced.
+    Sidecar::remove(output)?;
     out.flush().map_err(write_error)?;
     let file = out.into_inner().map_err(|e| write_error(e.into_error()))?;
     file.sync_all().map_err(write_error)?;

@@ -367,6 +367,10 @@ async fn execute(
         ..
     } = plan;
     let output = target.path().to_owned();
+    if resume.is_none() && record.is_some() {
+        // The old record describes an output that is about to be emptied.
+        Sidecar::remove(&output)?;
+    }
     let writer = target.open(resume.is_some())?;
     let mut sidecar = match (&resume, record) {
         (Some(resume), _) => Some(resume.sidecar.clone()),

@@ -193,6 +193,22 @@ impl Sidecar {
         fs::rename(&staging, &path)
     }
 
+    /// Removes the sidecar of `output`, before the output is replaced by something it
+    /// does not describe. A sidecar that cannot be removed is an error: a stale record
+    /// would let a later `--resume` keep rows of another input.
+    pub fn remove(output: &Path) -> Result<(), CliError> {
+        let path = Sidecar::path_for(output);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CliError::Io {
+                action: "remove the old run record",
+                path,
+                source,
+            }),
+        }
+    }
+
     /// Why an output with this sidecar cannot take rows from a run of `input` through
     /// program `program` on `shard`, or `None` when it can.
     pub fn mismatch(
@@ -307,5 +323,8 @@ mod tests {
         sidecar.write(&out).unwrap();
         assert!(dir.path().join("out.jsonl.dspex.json").is_file());
         assert_eq!(Sidecar::read(&out).unwrap(), Some(sidecar));
+        Sidecar::remove(&out).unwrap();
+        assert_eq!(Sidecar::read(&out).unwrap(), None);
+        Sidecar::remove(&out).unwrap();
     }
 }
