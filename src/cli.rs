@@ -252,6 +252,17 @@ pub(crate) fn note(line: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Writes one line of a command's result to stdout. A reader that went away (`| head`)
+/// is a broken pipe, which ends the command quietly with 141 instead of a panic.
+pub(crate) fn print(line: impl std::fmt::Display) -> Result<(), CliError> {
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{line}").map_err(|source| CliError::Io {
+        action: "write to",
+        path: PathBuf::from("-"),
+        source,
+    })
+}
+
 /// Whether stderr is a terminal, so progress may redraw in place.
 fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()

@@ -9,7 +9,7 @@ use predicates::prelude::*;
 use serde_json::{json, Value};
 
 /// `dspex` run in `dir`, inheriting no config file and no config variables.
-fn dspex(dir: &Path) -> assert_cmd::Command {
+fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(cargo_bin("dspex"));
     cmd.current_dir(dir).env_remove("DSPEX_CONFIG");
     for (name, _) in std::env::vars_os() {
@@ -18,7 +18,11 @@ fn dspex(dir: &Path) -> assert_cmd::Command {
             cmd.env_remove(name.as_ref());
         }
     }
-    assert_cmd::Command::from_std(cmd)
+    cmd
+}
+
+fn dspex(dir: &Path) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(command(dir))
 }
 
 fn stdout_json(output: &std::process::Output) -> Value {
@@ -432,4 +436,26 @@ fn a_damaged_venv_fails_a_run_pointing_at_setup_which_repairs_it() {
         ])
         .assert()
         .code(0);
+}
+
+#[test]
+fn a_reader_that_went_away_ends_call_and_status_quietly_with_141() {
+    use std::os::fd::FromRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["call", "ping"][..], &["status", "--json"]] {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // `dspex status | head -0`: the reading end is gone before anything is written.
+        unsafe { libc::close(fds[0]) };
+        let stdout = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+        let out = command(dir.path())
+            .args(args)
+            .env("DSPEX_POOL__SIZE", "1")
+            .stdout(std::process::Stdio::from(stdout))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

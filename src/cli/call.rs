@@ -100,7 +100,7 @@ pub async fn call(args: CallArgs) -> Result<Outcome, CliError> {
     let _ = system.shutdown(config.shutdown.graceful_timeout).await;
     let value = result?;
     let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
-    println!("{text}");
+    super::print(text)?;
     Ok(Outcome::Success)
 }
 

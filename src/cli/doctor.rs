@@ -5,6 +5,7 @@
 //! up follow-on errors, and the first `FAIL` line is the thing to fix.
 
 use std::fmt;
+use std::io::Write;
 
 use clap::Args;
 use dspex::config::{Config, PythonExecutable};
@@ -77,7 +78,8 @@ impl Report {
     fn record(&mut self, name: &'static str, verdict: Verdict) -> bool {
         let passed = matches!(verdict, Verdict::Ok(_));
         self.failed |= matches!(verdict, Verdict::Fail { .. });
-        println!("{}", Check { name, verdict });
+        // A reader that went away must not turn a diagnosis into a panic.
+        let _ = writeln!(std::io::stdout(), "{}", Check { name, verdict });
         passed
     }
 

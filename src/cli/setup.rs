@@ -8,7 +8,7 @@
 use clap::Args;
 use dspex::python_env::{self, Action, Existing};
 
-use super::{python, CliError, ConfigArgs, Outcome};
+use super::{note, print, python, CliError, ConfigArgs, Outcome};
 
 pub const HELP: &str = "\
 Examples:
@@ -58,11 +58,13 @@ pub async fn setup(args: SetupArgs) -> Result<Outcome, CliError> {
         } => format!("verified ({files} files of {distributions} packages intact)"),
         Action::Repaired(specs) => format!("repaired (reinstalled {})", specs.join(", ")),
     };
-    eprintln!("dspex: python environment {what}; dspy {version} imports");
-    println!("python: {}", env.python.display());
+    note(format_args!(
+        "dspex: python environment {what}; dspy {version} imports"
+    ));
+    print(format_args!("python: {}", env.python.display()))?;
     if let Some(venv) = &env.venv {
-        println!("venv: {}", venv.display());
+        print(format_args!("venv: {}", venv.display()))?;
     }
-    println!("bridge: {}", env.bridge_path.display());
+    print(format_args!("bridge: {}", env.bridge_path.display()))?;
     Ok(Outcome::Success)
 }
