@@ -8,8 +8,11 @@
 //! environment with visible progress, and the error type that decides the exit code.
 
 mod call;
+mod dataset;
 mod doctor;
+mod eval;
 mod merge;
+mod optimize;
 mod python;
 mod run;
 mod setup;
@@ -50,6 +53,12 @@ enum Command {
     /// Join the outputs of `run --shard K/N` into one output in input order.
     #[command(after_help = merge::HELP)]
     Merge(merge::MergeArgs),
+    /// Score a DSPy program on a JSONL devset with a metric, as dspy.Evaluate does.
+    #[command(after_help = eval::HELP)]
+    Eval(eval::EvalArgs),
+    /// Optimize a DSPy program (BootstrapFewShot, MIPROv2, ...) and save its state.
+    #[command(after_help = optimize::HELP)]
+    Optimize(optimize::OptimizeArgs),
     /// Send one command (built-in, DSPy or user) through the pool and print its result.
     #[command(after_help = call::HELP)]
     Call(call::CallArgs),
@@ -163,10 +172,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Io { .. } => 2,
-            CliError::Dspex(e) => match e.kind() {
-                "config" | "environment" | "signature" | "validation" | "input" => 2,
-                _ => 1,
-            },
+            CliError::Dspex(e) => e.error_kind().exit_code(),
         }
     }
 }
@@ -205,6 +211,8 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Merge(args) => merge::merge(args).await,
+            Command::Eval(args) => eval::eval(args).await,
+            Command::Optimize(args) => optimize::optimize(args).await,
             Command::Call(args) => call::call(args).await,
             Command::Setup(args) => setup::setup(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
@@ -230,18 +238,38 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Prints an error to stderr: one line, then a Python traceback when there is one.
+/// Prints an error to stderr (see [`error_report`]).
 fn report_error(e: &CliError) {
-    note(format_args!("dspex: {e}"));
-    if let CliError::Dspex(dspex::Error::Python {
-        traceback: Some(traceback),
-        ..
-    }) = e
-    {
-        for line in traceback.lines() {
-            note(format_args!("    {line}"));
+    use std::io::Write;
+    // A closed stderr must not turn a clean error exit into a panic.
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(error_report(e).as_bytes());
+}
+
+/// An error as the CLI shows it: one line, then what explains it, indented: a Python
+/// traceback, or the last output of a worker that died.
+fn error_report(e: &CliError) -> String {
+    let mut text = format!("dspex: {e}\n");
+    let detail = match e {
+        CliError::Dspex(dspex::Error::Python {
+            traceback: Some(traceback),
+            ..
+        }) => Some(("", traceback.as_str())),
+        CliError::Dspex(dspex::Error::WorkerCrashed(crash)) if !crash.last_output.is_empty() => {
+            Some(("  its last output:\n", crash.last_output.as_str()))
+        }
+        _ => None,
+    };
+    if let Some((heading, lines)) = detail {
+        text.push_str(heading);
+        for line in lines.lines() {
+            text.push_str("    ");
+            text.push_str(line);
+            text.push('\n');
         }
     }
+    text
 }
 
 /// Writes one line to stderr, ignoring a stderr that is closed or full: a command must
@@ -335,6 +363,50 @@ mod tests {
         });
         assert_eq!(python.exit_code(), 1);
         assert_eq!(python.to_string(), "python error ValueError: boom");
+    }
+
+    #[test]
+    fn a_crash_shows_the_workers_last_output_indented_like_a_traceback() {
+        let crash = dspex::Error::from(dspex_actors::ActorError::WorkerCrashed {
+            worker_id: "w-1".into(),
+            reason: "killed by signal 9 (SIGKILL)".into(),
+            last_output: "loading model\nSegmentation fault".into(),
+            out_of_memory: false,
+        });
+        let report = error_report(&CliError::Dspex(crash));
+        assert_eq!(
+            report,
+            "dspex: worker w-1 died while handling the request: killed by signal 9 (SIGKILL)\n  its last output:\n    loading model\n    Segmentation fault\n"
+        );
+        let python = CliError::Dspex(dspex::Error::Python {
+            error_type: "ValueError".into(),
+            message: "boom".into(),
+            traceback: Some("Traceback (most recent call last):\n  File \"x.py\"".into()),
+        });
+        assert_eq!(
+            error_report(&python),
+            "dspex: python error ValueError: boom\n    Traceback (most recent call last):\n      File \"x.py\"\n"
+        );
+        assert_eq!(
+            error_report(&CliError::Usage("bad flag".into())),
+            "dspex: bad flag\n"
+        );
+    }
+
+    #[test]
+    fn exit_codes_come_from_the_error_table() {
+        let refused = CliError::Dspex(dspex::Error::from(dspex_actors::ActorError::Python {
+            error_type: "InvalidRequest".into(),
+            message: "metric 'm:f' is not callable".into(),
+            traceback: None,
+        }));
+        assert_eq!(
+            refused.exit_code(),
+            2,
+            "a caller's mistake found by the worker"
+        );
+        let lm = CliError::Dspex(dspex::Error::Lm("down".into()));
+        assert_eq!(lm.exit_code(), 1);
     }
 
     #[test]

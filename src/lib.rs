@@ -4,7 +4,6 @@
 //! [`Signature`]s and execute them; the actor layer (`dspex-actors`) keeps the Python
 //! workers alive underneath. See the README for the CLI and configuration reference.
 
-pub mod adapter;
 pub mod config;
 pub mod error;
 pub mod launch;
@@ -12,12 +11,15 @@ pub mod program;
 pub mod python_env;
 pub mod signature;
 pub mod system;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::Config;
 pub use dspex_actors::{Health, SystemHealth, SystemStatus};
 pub use error::{Error, Result};
 pub use program::{
-    Inputs, ModuleKind, Prediction, Program, ProgramDef, ProgramInfo, ProgramSpec, Scored, Session,
+    EvalReport, Example, Inputs, ModuleKind, OptimizeReport, OptimizeRequest, Optimizer,
+    Prediction, Program, ProgramDef, ProgramInfo, ProgramSpec, RowOutcome, Scored, Session,
     StateFile, TokenUsage, Usage,
 };
 pub use signature::Signature;

@@ -14,6 +14,8 @@
 //! serialised with its digest, and [`Session::execute`] finds the definition in the
 //! system's own cache instead of asking the registry each time.
 
+mod evaluate;
+mod optimize;
 mod usage;
 
 use std::fmt;
@@ -29,6 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::signature::{Signature, ValidationError};
 use crate::system::{Call, System};
+pub use evaluate::{evaluate_score, EvalReport, EvalSummary, RowOutcome};
+pub use optimize::{Example, OptimizeReport, OptimizeRequest, Optimizer};
 pub use usage::{TokenUsage, Usage};
 
 /// Which kind of DSPy module a program is.

@@ -43,7 +43,15 @@ mod validate;
 use std::fmt;
 use std::str::FromStr;
 
+pub use parse::RESERVED_INPUT_NAMES;
 pub use validate::ValidationError;
+
+/// How deeply types may nest: `list[list[str]]` is 2 deep, and `Optional`/`T | None`
+/// count like any container. The bridge refuses the same depth
+/// (`MAX_TYPE_DEPTH` in `dspex_bridge/definitions.py`). Without a bound, a hostile
+/// signature thousands of levels deep would overflow the stack of whoever walks it (an
+/// abort no embedding host can catch) and make the `dummy` LM build exponential output.
+pub const MAX_TYPE_DEPTH: usize = 32;
 
 /// The type of one signature field.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,6 +94,30 @@ impl FieldType {
     /// Whether a field of this type may be absent or `null`.
     pub fn is_optional(&self) -> bool {
         matches!(self, FieldType::Optional(_))
+    }
+
+    /// How many containers (`list`, `dict`, `Optional`) wrap the innermost type: 0 for
+    /// `str`, 2 for `list[Optional[int]]`. A type is a chain, so this is a loop, safe on
+    /// a type of any depth.
+    pub fn depth(&self) -> usize {
+        let mut depth = 0;
+        let mut ty = self;
+        while let FieldType::List(inner) | FieldType::Dict(inner) | FieldType::Optional(inner) = ty
+        {
+            depth += 1;
+            ty = inner;
+        }
+        depth
+    }
+
+    /// The innermost type (`int` for `list[Optional[int]]`).
+    fn innermost(&self) -> &FieldType {
+        let mut ty = self;
+        while let FieldType::List(inner) | FieldType::Dict(inner) | FieldType::Optional(inner) = ty
+        {
+            ty = inner;
+        }
+        ty
     }
 }
 
@@ -384,6 +416,9 @@ impl Signature {
             if let Err(message) = parse::check_field_name(&field.name) {
                 return Err(SignatureError::new(message));
             }
+            if self.input(&field.name).is_some() {
+                parse::check_input_name(&field.name).map_err(SignatureError::new)?;
+            }
             if !seen.insert(field.name.as_str()) {
                 return Err(SignatureError::new(format!(
                     "field name `{}` is used twice; names must be unique across inputs and outputs",
@@ -401,19 +436,23 @@ impl Signature {
     }
 }
 
-/// Rejects the one shape the type enum allows but the string form cannot express.
+/// Rejects what the type enum allows but the string form cannot express: an empty
+/// `Literal`, and nesting deeper than [`MAX_TYPE_DEPTH`]. Iterative, like
+/// [`FieldType::depth`], so a hand-built type of any depth is refused, not overflowed on.
 fn check_type(ty: &FieldType) -> Result<(), String> {
-    match ty {
-        FieldType::Str | FieldType::Int | FieldType::Float | FieldType::Bool => Ok(()),
-        FieldType::List(inner) | FieldType::Dict(inner) | FieldType::Optional(inner) => {
-            check_type(inner)
-        }
+    if ty.depth() > MAX_TYPE_DEPTH {
+        return Err(TOO_DEEP.to_owned());
+    }
+    match ty.innermost() {
         FieldType::Literal(values) if values.is_empty() => {
             Err("a Literal needs at least one value".to_owned())
         }
-        FieldType::Literal(_) => Ok(()),
+        _ => Ok(()),
     }
 }
+
+/// Why a type nested past [`MAX_TYPE_DEPTH`] is refused, and what to do instead.
+pub(crate) const TOO_DEEP: &str = "the type nests more than 32 levels deep (each list, dict and Optional is a level); flatten it, or pass the deep part as JSON text in a `str` field";
 
 impl FromStr for Signature {
     type Err = SignatureError;
@@ -631,6 +670,119 @@ mod tests {
         assert_eq!(sig.input("q").unwrap().ty, FieldType::Str);
         assert!(sig.output("q").is_none());
         assert_eq!(sig.output("a").unwrap().name, "a");
+    }
+
+    /// Runs `f` on a thread with a small stack: a parser that recursed once per level of
+    /// an 8000-deep type would overflow it (and abort the whole test binary).
+    fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(1024 * 1024)
+                .spawn_scoped(scope, f)
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    }
+
+    fn nested(levels: usize) -> String {
+        format!(
+            "q: {}str{} -> a",
+            "list[".repeat(levels),
+            "]".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn a_type_nested_8000_deep_is_a_signature_error_not_a_stack_overflow() {
+        let source = nested(8000);
+        let err = on_small_stack(|| Signature::parse(&source)).unwrap_err();
+        assert!(
+            err.message.contains("more than 32 levels"),
+            "{}",
+            err.message
+        );
+        // It points at the container that went one level too far.
+        assert_eq!(err.position, Some(3 + 32 * "list[".len()));
+        let unclosed = format!("q: {} -> a", "list[".repeat(8000));
+        let err = on_small_stack(|| Signature::parse(&unclosed)).unwrap_err();
+        assert!(
+            err.message.contains("more than 32 levels"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn thirty_two_levels_parse_and_thirty_three_do_not() {
+        let sig = Signature::parse(&nested(32)).unwrap();
+        assert_eq!(sig.inputs[0].ty.depth(), MAX_TYPE_DEPTH);
+        assert_eq!(Signature::parse(&sig.to_string()).unwrap(), sig);
+        assert_eq!(Signature::from_json(&sig.to_wire()).unwrap(), sig);
+        let err = Signature::parse(&nested(33)).unwrap_err();
+        assert_eq!(err.message, TOO_DEEP);
+        // Every container counts, whichever way it is written.
+        let mixed = format!(
+            "q: {}str{} | None -> a",
+            "Optional[dict[str, ".repeat(16),
+            "]]".repeat(16)
+        );
+        let err = Signature::parse(&mixed).unwrap_err();
+        assert_eq!(err.message, TOO_DEEP, "{err}");
+        let chained = format!("q: str{} -> a", " | None".repeat(8000));
+        let err = on_small_stack(|| Signature::parse(&chained)).unwrap_err();
+        assert_eq!(err.message, TOO_DEEP);
+        assert!(Signature::parse(&format!("q: str{} -> a", " | None".repeat(32))).is_ok());
+        assert!(TOO_DEEP.contains(&MAX_TYPE_DEPTH.to_string()));
+    }
+
+    #[test]
+    fn deep_types_in_the_json_form_are_refused_without_deep_recursion() {
+        use serde_json::json;
+        let deep = |levels: usize, leaf: serde_json::Value| {
+            let mut ty = leaf;
+            for _ in 0..levels {
+                // Moved in, not serialised again as `json!` would (quadratic).
+                let mut wrapper = serde_json::Map::new();
+                wrapper.insert("list".into(), ty);
+                ty = serde_json::Value::Object(wrapper);
+            }
+            json!({"inputs": [{"name": "q", "type": ty}], "outputs": [{"name": "a"}]})
+        };
+        // Built and dropped on a big stack (serde_json drops values recursively); only
+        // the parse runs on the small one.
+        std::thread::Builder::new()
+            .stack_size(64 * 1024 * 1024)
+            .spawn(move || {
+                let value = deep(8000, json!("str"));
+                let err = on_small_stack(|| Signature::from_json(&value)).unwrap_err();
+                assert!(err.message.contains("more than 32 levels"), "{err}");
+                let value = deep(33, json!("str"));
+                assert!(Signature::from_json(&value).is_err());
+                assert!(Signature::from_json(&deep(32, json!("str"))).is_ok());
+                // A string type inside the JSON form counts from where it sits.
+                let value = deep(30, json!("list[list[list[int]]]"));
+                let err = Signature::from_json(&value).unwrap_err();
+                assert!(err.message.contains("more than 32 levels"), "{err}");
+                assert!(Signature::from_json(&deep(30, json!("list[list[int]]"))).is_ok());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn hand_built_types_past_the_limit_are_refused() {
+        let mut ty = FieldType::Int;
+        for _ in 0..33 {
+            ty = FieldType::optional(ty);
+        }
+        let err = Signature::new(
+            vec![Field::new("q", ty)],
+            vec![Field::new("a", FieldType::Str)],
+        )
+        .unwrap_err();
+        assert!(err.message.contains(TOO_DEEP), "{err}");
     }
 
     #[test]

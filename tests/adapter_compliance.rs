@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dspex::adapter::{
+use dspex::testing::{
     fake_outputs, Adapter, AdapterFactory, AdapterKind, BridgeMock, LmSettings, Mock, PythonAdapter,
 };
 use dspex::{Config, Error, ModuleKind, Signature, System};
@@ -483,7 +483,7 @@ mod suite {
         assert!(caps.sessions, "[{who}]");
         assert_eq!(
             caps.real_dspy,
-            kind.layer() == dspex::adapter::TestLayer::Layer3,
+            kind.layer() == dspex::testing::TestLayer::Layer3,
             "[{who}]"
         );
         assert_eq!(caps.actors, kind != AdapterKind::Mock, "[{who}]");

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dspex::adapter::{AdapterFactory, AdapterKind, TestLayer, TEST_LAYER_ENV};
+use dspex::testing::{AdapterFactory, AdapterKind, TestLayer, TEST_LAYER_ENV};
 use dspex::{Config, Error, ModuleKind, Signature, System};
 use dspex_actors::testing::InMemoryLauncher;
 use serde_json::json;

@@ -150,7 +150,11 @@ async fn caller_errors_are_counted_but_never_degrade_or_replace_a_worker() {
     let pid = worker_pids(&system).await[0];
     for _ in 0..5 {
         let err = system.call("no_such_command", json!({})).await.unwrap_err();
-        assert_eq!(err.kind(), "python");
+        assert_eq!(
+            err.kind(),
+            "validation",
+            "UnknownCommand is the caller's mistake: {err}"
+        );
     }
     let w = worker_of(&system, pid).await;
     assert_eq!(w.stats.errors, 5);

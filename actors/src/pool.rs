@@ -567,15 +567,8 @@ impl PoolManager {
     ) {
         let now = Instant::now();
         let ticket = job.ticket.take();
-        self.sched.freed(
-            id,
-            job.limited,
-            Freed::Throttled {
-                ticket,
-                retry_after,
-            },
-            now,
-        );
+        self.sched
+            .freed(id, job.limited, Freed::Throttled { retry_after }, now);
         self.totals.throttled += 1;
         job.throttles += 1;
         // A refusal while the pool was still probing above what the far end allows is the

@@ -230,7 +230,10 @@ class RequestPool:
         with self._lock:
             self._queue.append(item)
             self._outstanding += 1
-            if self._idle == 0 and self._threads < self.size:
+            # An idle thread that was notified but has not woken yet still counts as idle:
+            # compare the queue with the idle threads, not "is any thread idle", or a burst
+            # of requests would all be left to the one thread that happened to be idle.
+            if len(self._queue) > self._idle and self._threads < self.size:
                 self._threads += 1
                 threading.Thread(target=self._serve, name=f"dspex-request-{self._threads}", daemon=True).start()
             else:

@@ -195,7 +195,6 @@ impl SourcePlan {
 pub struct RowInput {
     pub inputs: RowArgs,
     /// The row's other fields (labels, for `eval` and `optimize`).
-    #[expect(dead_code, reason = "read by eval, which lands next")]
     pub labels: Map<String, Value>,
 }
 
@@ -275,7 +274,6 @@ impl Runner {
     }
 
     /// The program being run, for `eval` and `optimize`.
-    #[expect(dead_code, reason = "used by eval, which lands next")]
     pub fn program(&self) -> Option<&Program> {
         match self {
             Runner::Program(program) => Some(program),

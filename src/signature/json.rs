@@ -5,7 +5,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{parse, Field, FieldType, LiteralValue, Signature, SignatureError};
+use super::{
+    parse, Field, FieldType, LiteralValue, Signature, SignatureError, MAX_TYPE_DEPTH, TOO_DEEP,
+};
 
 const SIGNATURE_KEYS: &[&str] = &["name", "instructions", "inputs", "outputs"];
 const FIELD_KEYS: &[&str] = &["name", "type", "description"];
@@ -96,7 +98,7 @@ fn field(item: &Value, location: &str) -> Result<Field, SignatureError> {
     };
     let ty = match object.get("type") {
         None | Some(Value::Null) => FieldType::Str,
-        Some(ty) => wire_type(ty, &format!("{location}.type"))?,
+        Some(ty) => wire_type(ty, &format!("{location}.type"), 0)?,
     };
     Ok(Field {
         name,
@@ -105,14 +107,20 @@ fn field(item: &Value, location: &str) -> Result<Field, SignatureError> {
     })
 }
 
-/// A type in the string syntax or in the wire form.
-fn wire_type(value: &Value, location: &str) -> Result<FieldType, SignatureError> {
+/// A type in the string syntax or in the wire form, `depth` containers down. Refuses
+/// the level past [`MAX_TYPE_DEPTH`] before descending into it, so the recursion stays
+/// bounded however deep the JSON value is.
+fn wire_type(value: &Value, location: &str, depth: usize) -> Result<FieldType, SignatureError> {
     let object = match value {
         Value::String(text) => {
-            return parse::parse_type(text).map_err(|mut e| {
+            let ty = parse::parse_type(text).map_err(|mut e| {
                 e.message = format!("{location}: {}", e.message);
                 e
-            });
+            })?;
+            if depth + ty.depth() > MAX_TYPE_DEPTH {
+                return Err(SignatureError::new(format!("{location}: {TOO_DEEP}")));
+            }
+            return Ok(ty);
         }
         Value::Object(object) if object.len() == 1 => object,
         other => {
@@ -123,7 +131,10 @@ fn wire_type(value: &Value, location: &str) -> Result<FieldType, SignatureError>
         }
     };
     let (key, inner) = object.iter().next().expect("object has one entry");
-    let nested = |k: &str| wire_type(inner, &format!("{location}.{k}"));
+    if matches!(key.as_str(), "list" | "dict" | "optional") && depth >= MAX_TYPE_DEPTH {
+        return Err(SignatureError::new(format!("{location}: {TOO_DEEP}")));
+    }
+    let nested = |k: &str| wire_type(inner, &format!("{location}.{k}"), depth + 1);
     match key.as_str() {
         "list" => Ok(FieldType::list(nested("list")?)),
         "dict" => Ok(FieldType::dict(nested("dict")?)),

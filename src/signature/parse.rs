@@ -2,7 +2,7 @@
 //! can point at the character that made it fail, which is the whole reason not to
 //! hand signatures to Python's `ast` module and relay its errors.
 
-use super::{Field, FieldType, LiteralValue, SignatureError};
+use super::{Field, FieldType, LiteralValue, SignatureError, MAX_TYPE_DEPTH, TOO_DEEP};
 
 /// Names DSPy's `Signature` class or pydantic use for themselves; a field with one of
 /// these names makes DSPy fail while building the class (checked against dspy 3.4).
@@ -19,6 +19,12 @@ const RESERVED: &[&str] = &[
     "output_fields",
     "signature",
 ];
+
+/// Keyword arguments DSPy's `Predict` takes for itself: an input field with one of these
+/// names would be swallowed by the call instead of reaching the prompt. The bridge refuses
+/// the same names (`RESERVED_INPUT_NAMES` in `dspex_bridge/definitions.py`; a test reads
+/// both). Outputs may use them.
+pub const RESERVED_INPUT_NAMES: &[&str] = &["config", "demos", "lm", "prediction", "signature"];
 
 /// Python keywords: DSPy parses the string form with `ast`, where they are syntax errors.
 const PYTHON_KEYWORDS: &[&str] = &[
@@ -64,6 +70,10 @@ pub(super) fn parse_signature(source: &str) -> Result<(Vec<Field>, Vec<Field>), 
             ));
         }
         seen.push(&field.name);
+    }
+    for (field, start) in &inputs {
+        check_input_name(&field.name)
+            .map_err(|message| SignatureError::at(message, source, *start))?;
     }
     let strip = |fields: Vec<(Field, usize)>| fields.into_iter().map(|(f, _)| f).collect();
     Ok((strip(inputs), strip(outputs)))
@@ -142,6 +152,17 @@ pub(super) fn check_field_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that `name` can be an input field: not one of DSPy's own call arguments.
+pub(super) fn check_input_name(name: &str) -> Result<(), String> {
+    if RESERVED_INPUT_NAMES.contains(&name) {
+        return Err(format!(
+            "`{name}` cannot be an input field: DSPy's Predict takes `{name}=` as its own argument ({}); rename the field",
+            RESERVED_INPUT_NAMES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     Inputs,
@@ -158,11 +179,32 @@ struct Parser<'a> {
     source: &'a str,
     /// Byte offset of the next unread character.
     pos: usize,
+    /// Containers open around the type being read. The parser recurses once per level,
+    /// so refusing the level past [`MAX_TYPE_DEPTH`] as it opens bounds the recursion
+    /// whatever the input.
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
     fn new(source: &'a str) -> Parser<'a> {
-        Parser { source, pos: 0 }
+        Parser {
+            source,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    /// Opens one level of nesting for the container written at `start`.
+    fn enter(&mut self, start: usize) -> Result<(), SignatureError> {
+        self.depth += 1;
+        if self.depth > MAX_TYPE_DEPTH {
+            return Err(self.error_at(TOO_DEEP, start));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
     }
 
     fn rest(&self) -> &'a str {
@@ -306,6 +348,10 @@ impl<'a> Parser<'a> {
             let next = self.atom()?;
             current = match (current, next) {
                 (Atom::Type(ty), Atom::None) | (Atom::None, Atom::Type(ty)) => {
+                    // `T | None` wraps without recursing, so its level is counted here.
+                    if self.depth + ty.depth() >= MAX_TYPE_DEPTH {
+                        return Err(self.error_at(TOO_DEEP, bar));
+                    }
                     Atom::Type(FieldType::optional(ty))
                 }
                 (Atom::None, Atom::None) => {
@@ -366,12 +412,15 @@ impl<'a> Parser<'a> {
                 return Ok(Atom::None);
             }
             "list" | "List" => {
+                self.enter(start)?;
                 self.open(name)?;
                 let inner = self.type_expr()?;
                 self.close(name)?;
+                self.leave();
                 FieldType::list(inner)
             }
             "dict" | "Dict" => {
+                self.enter(start)?;
                 self.open(name)?;
                 let key_start = self.pos;
                 let key = self.type_expr()?;
@@ -390,12 +439,15 @@ impl<'a> Parser<'a> {
                 self.skip_ws();
                 let value = self.type_expr()?;
                 self.close(name)?;
+                self.leave();
                 FieldType::dict(value)
             }
             "Optional" => {
+                self.enter(start)?;
                 self.open(name)?;
                 let inner = self.type_expr()?;
                 self.close(name)?;
+                self.leave();
                 FieldType::optional(inner)
             }
             "Literal" => {
@@ -762,6 +814,8 @@ mod tests {
             ("a -> _b", "cannot start with '_'", "_b"),
             ("q, class -> a", "Python keyword", "class -> a"),
             ("instructions -> a", "reserved by DSPy", "instructions -> a"),
+            ("q, lm -> a", "DSPy's Predict takes `lm=`", "lm -> a"),
+            ("demos -> a", "cannot be an input field", "demos -> a"),
             ("q -> réponse", "must be ASCII", "éponse"),
             ("q -> $", "expected a field name", "$"),
         ] {

@@ -2,13 +2,15 @@
 //! model), as plain data with injected time.
 //!
 //! A remote service that allows N calls at once and answers "429" above that is best used
-//! at just under N. The pool does not know N, so it finds it the way TCP finds a link's
-//! capacity: the limit on limited requests in flight grows by about one per round of
-//! successes (additive increase, `+1/limit` per success) and halves on a refusal
-//! (multiplicative decrease). Refusals from requests that were already on their way when
-//! the limit was last halved do not halve it again: they saw the old limit, not the new
-//! one. A refusal that names a `Retry-After` also pauses every limited dispatch until then.
-//! On top, an optional token bucket caps the rate at which limited requests start.
+//! at N. The pool does not know N, so it probes for it: the limit on limited requests in
+//! flight grows by about one per round of successes (additive increase, `+1/limit` per
+//! success), and a refusal brings it down to what the far end was still serving when it
+//! refused (the pool's requests still in flight), and by at least a tenth, so that
+//! refusals unrelated to the pool's own concurrency (a provider under load) still make it
+//! back off (multiplicative decrease). A burst sent above the limit thus lands at the limit
+//! once its refusals are in, and in steady state the pool serves at N, probing N + 1 once
+//! per round. A refusal that names a `Retry-After` also pauses every limited dispatch until
+//! then. On top, an optional token bucket caps the rate at which limited requests start.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +19,13 @@ use serde::Serialize;
 /// What the limiter recorded about one dispatch of a limited request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket {
-    /// Dispatch sequence number, to tell refusals of requests sent before the last
-    /// decrease from those sent after it.
-    seq: u64,
     /// Whether the limit was already at its floor when the request was sent: a refusal
     /// then is the far end's verdict on the request, not on the pool's probing.
     pub at_floor: bool,
 }
+
+/// The least a refusal takes off the limit, as a factor.
+const BACKOFF: f64 = 0.9;
 
 /// The rate limiter's state, for status output.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -85,9 +87,6 @@ pub(crate) struct RateLimiter {
     max: f64,
     limit: f64,
     in_flight: usize,
-    seq: u64,
-    /// Dispatches numbered up to this one were sent before the last decrease.
-    decreased_through: u64,
     paused_until: Option<Instant>,
     bucket: Option<TokenBucket>,
     throttled: u64,
@@ -102,8 +101,6 @@ impl RateLimiter {
             max,
             limit: max,
             in_flight: 0,
-            seq: 0,
-            decreased_through: 0,
             paused_until: None,
             bucket: (per_minute > 0).then(|| TokenBucket::new(per_minute, now)),
             throttled: 0,
@@ -135,13 +132,11 @@ impl RateLimiter {
     /// A limited request starts (after [`admit`](Self::admit) said yes).
     pub fn take(&mut self, now: Instant) -> Ticket {
         self.in_flight += 1;
-        self.seq += 1;
         if let Some(bucket) = &mut self.bucket {
             bucket.refill(now);
             bucket.tokens -= 1.0;
         }
         Ticket {
-            seq: self.seq,
             at_floor: self.limit < 2.0,
         }
     }
@@ -158,21 +153,13 @@ impl RateLimiter {
         self.in_flight = self.in_flight.saturating_sub(n);
     }
 
-    /// A limited request was refused for rate. Halves the limit unless the request was sent
-    /// before the last halving, and pauses limited dispatch for `retry_after`.
-    pub fn throttled(
-        &mut self,
-        ticket: Option<Ticket>,
-        retry_after: Option<Duration>,
-        now: Instant,
-    ) {
+    /// A limited request was refused for rate: the limit falls to the requests still in
+    /// flight (what the far end was serving) and by at least a tenth, never below one;
+    /// limited dispatch pauses for `retry_after`.
+    pub fn throttled(&mut self, retry_after: Option<Duration>, now: Instant) {
         self.release(1);
         self.throttled += 1;
-        let fresh = ticket.map_or(true, |t| t.seq > self.decreased_through);
-        if fresh {
-            self.limit = (self.limit / 2.0).max(1.0);
-            self.decreased_through = self.seq;
-        }
+        self.limit = (self.in_flight as f64).min(self.limit * BACKOFF).max(1.0);
         if let Some(wait) = retry_after {
             let until = now + wait;
             if self.paused_until.map_or(true, |p| p < until) {
@@ -238,36 +225,71 @@ mod tests {
     }
 
     #[test]
-    fn one_round_of_refusals_halves_the_limit_once() {
+    fn a_burst_above_the_far_ends_limit_lands_at_that_limit() {
         let now = Instant::now();
         let mut r = RateLimiter::new(16, 0, now);
-        let tickets = fill(&mut r, now);
-        // Twelve of the sixteen are refused: they were all sent at the old limit.
-        for t in &tickets[..12] {
-            r.throttled(Some(*t), None, now);
+        assert_eq!(fill(&mut r, now).len(), 16);
+        // The far end serves 4 and refuses 12: each refusal leaves fewer in flight.
+        for _ in 0..12 {
+            r.throttled(None, now);
         }
-        assert_eq!(r.limit(), 8);
-        // Requests sent after the decrease and refused halve it again.
-        let again = r.take(now);
-        r.throttled(Some(again), None, now);
+        assert_eq!((r.limit(), r.status(now).in_flight), (4, 4));
+    }
+
+    #[test]
+    fn in_steady_state_a_probe_above_the_limit_costs_one_refusal_and_no_capacity() {
+        let now = Instant::now();
+        let mut r = RateLimiter::new(16, 0, now);
+        fill(&mut r, now);
+        for _ in 0..12 {
+            r.throttled(None, now);
+        }
+        // Successes (each replaced by a new request) raise the limit to 5...
+        while r.limit() < 5 {
+            r.succeeded();
+            r.take(now);
+        }
+        r.take(now);
+        assert_eq!(r.status(now).in_flight, 5);
+        // ...the fifth in flight is refused, and the limit goes back to the 4 served.
+        r.throttled(None, now);
         assert_eq!(r.limit(), 4);
+    }
+
+    #[test]
+    fn refusals_unrelated_to_the_pools_concurrency_still_lower_the_limit() {
+        let now = Instant::now();
+        let mut r = RateLimiter::new(10, 0, now);
+        fill(&mut r, now);
+        // A provider under load refuses while the pool is full: a tenth off each time.
+        r.throttled(None, now);
+        r.take(now);
+        assert_eq!(r.limit(), 9);
+        r.throttled(None, now);
+        r.take(now);
+        assert_eq!(r.limit(), 8, "9 x 0.9 = 8.1");
     }
 
     #[test]
     fn successes_raise_the_limit_by_about_one_per_round_up_to_the_ceiling() {
         let now = Instant::now();
         let mut r = RateLimiter::new(10, 0, now);
-        let t = r.take(now);
-        r.throttled(Some(t), None, now);
-        r.throttled(None, None, now);
-        assert_eq!(r.limit(), 2, "10 → 5 → 2.5");
-        // A round at limit 2.5 is about two and a half successes.
+        r.take(now);
+        r.throttled(None, now);
+        assert_eq!(r.limit(), 1, "nothing else was in flight");
+        // A round at limit 1 is one success, at limit 2 two.
+        r.take(now);
+        r.succeeded();
+        assert_eq!(r.limit(), 2);
+        r.take(now);
+        r.succeeded();
+        assert_eq!(r.limit(), 2, "2 + 1/2");
         r.take(now);
         r.succeeded();
         assert_eq!(r.limit(), 2, "2.5 + 1/2.5 = 2.9");
         r.take(now);
         r.succeeded();
-        assert_eq!(r.limit(), 3, "2.9 + 1/2.9 ≈ 3.24");
+        assert_eq!(r.limit(), 3, "2.9 + 1/2.9 > 3");
         for _ in 0..200 {
             r.take(now);
             r.succeeded();
@@ -282,7 +304,7 @@ mod tests {
         for _ in 0..10 {
             let t = r.take(now);
             assert_eq!(t.at_floor, r.limit() < 2);
-            r.throttled(Some(t), None, now);
+            r.throttled(None, now);
         }
         assert_eq!(r.limit(), 1);
         assert!(r.take(now).at_floor);
@@ -292,8 +314,8 @@ mod tests {
     fn retry_after_pauses_every_limited_dispatch() {
         let now = Instant::now();
         let mut r = RateLimiter::new(4, 0, now);
-        let t = r.take(now);
-        r.throttled(Some(t), Some(Duration::from_secs(2)), now);
+        r.take(now);
+        r.throttled(Some(Duration::from_secs(2)), now);
         assert!(!r.admit(now + Duration::from_secs(1)));
         assert_eq!(r.reopens_at(now), Some(now + Duration::from_secs(2)));
         assert!(r.admit(now + Duration::from_secs(2)));

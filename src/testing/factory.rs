@@ -16,12 +16,12 @@ use crate::system::System;
 /// The environment variable that picks a test layer: `layer_1`, `layer_2` or `layer_3`.
 pub const TEST_LAYER_ENV: &str = "DSPEX_TEST_LAYER";
 
-/// Picks and builds adapters. See the [module docs](self).
+/// Picks and builds adapters. See the [module docs](crate::testing).
 ///
 /// # Examples
 ///
 /// ```
-/// use dspex::adapter::{AdapterFactory, AdapterKind};
+/// use dspex::testing::{AdapterFactory, AdapterKind};
 ///
 /// let mut config = dspex::Config::test();
 /// config.pool.size = 2;

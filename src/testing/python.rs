@@ -16,7 +16,7 @@ use crate::system::System;
 ///
 /// ```no_run
 /// # async fn demo() -> dspex::Result<()> {
-/// use dspex::adapter::{Adapter, AdapterKind, PythonAdapter};
+/// use dspex::testing::{Adapter, AdapterKind, PythonAdapter};
 ///
 /// let adapter = PythonAdapter::start(AdapterKind::PythonPort, &dspex::Config::test()).await?;
 /// assert_eq!(adapter.health_check().await?.status, "healthy");
@@ -29,7 +29,7 @@ pub struct PythonAdapter {
 
 impl PythonAdapter {
     /// Wraps a running system; `PythonPool` when its `pool.size` is above 1, else
-    /// `PythonPort`. [`Adapter::shutdown`] leaves the system running: whoever started
+    /// `PythonPort`. [`Adapter::shutdown`](crate::testing::Adapter::shutdown) leaves the system running: whoever started
     /// it stops it.
     pub fn new(system: System) -> Self {
         let kind = PythonAdapter::kind_for(system.config());
@@ -49,7 +49,7 @@ impl PythonAdapter {
 
     /// Starts a system of real Python workers for `kind` and waits until all of them
     /// are ready. `PythonPort` runs one worker whatever `pool.size` says; `PythonPool`
-    /// takes `pool.size` as it is. [`Adapter::shutdown`] stops the system.
+    /// takes `pool.size` as it is. [`Adapter::shutdown`](crate::testing::Adapter::shutdown) stops the system.
     ///
     /// # Errors
     ///

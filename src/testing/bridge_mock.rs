@@ -3,9 +3,12 @@
 //!
 //! [`FakeBridge`] implements the bridge's DSPy commands the way `dspex_bridge` does
 //! (per-worker program caches scoped by session, rebuilt from the `definition` every
-//! `execute_program` carries, the same error type names) but answers from
+//! `execute_program` carries, the same checks of a definition and the same error type
+//! names, see [`semantics`](super::semantics)) but answers from
 //! [`fake_outputs`](super::fake_outputs) instead of running DSPy. Plugged into the
 //! in-memory launcher, it lets tests drive the whole request path in milliseconds.
+//! It builds `predict` and `chain_of_thought` programs; a `python` program is refused
+//! (`InvalidRequest`: there is no Python to import it from).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +18,7 @@ use dspex_actors::testing::{default_action, FakeAction, InMemoryLauncher};
 use serde_json::{json, Map, Value};
 
 use super::fake_outputs::{fake_outputs, fake_text};
+use super::semantics;
 use super::system_backed::{system_backed_adapter, SystemBacked};
 use super::{AdapterKind, Capabilities, TestLayer};
 use crate::config::Config;
@@ -29,7 +33,7 @@ use crate::system::System;
 /// Crash on a command of your own, behave like the bridge otherwise:
 ///
 /// ```
-/// use dspex::adapter::FakeBridge;
+/// use dspex::testing::FakeBridge;
 /// use dspex_actors::testing::{FakeAction, InMemoryLauncher};
 ///
 /// let bridge = FakeBridge::new();
@@ -136,30 +140,28 @@ impl WorkerCache {
         self.scopes.values().map(BTreeMap::len).sum()
     }
 
+    /// Builds the program, replacing one of the same id: the host's registry decides
+    /// about duplicates, as with the real bridge.
     fn create_program(&mut self, args: &Value) -> Result<Value, Failure> {
         let scope = scope_of(args)?;
         let wire = args
             .get("definition")
-            .ok_or_else(|| ("ValueError", "create_program needs a definition".to_owned()))?;
-        let def = parse_definition(wire)?;
-        let programs = self.scopes.entry(scope.clone()).or_default();
-        if programs.contains_key(&def.id) {
-            return Err((
-                "ProgramExists",
-                format!(
-                    "program {:?} already exists in {}; delete it first",
-                    def.id,
-                    where_(&scope)
-                ),
-            ));
+            .ok_or_else(|| invalid("create_program needs a definition".to_owned()))?;
+        let def = parse_definition(wire, optional_program_id(args)?)?;
+        let signature = def.signature().expect("a signature program");
+        let mut outputs: Vec<&str> = signature.outputs.iter().map(|f| f.name.as_str()).collect();
+        if def.module() == ModuleKind::ChainOfThought {
+            outputs.insert(0, "reasoning");
         }
         let answer = json!({
             "program_id": def.id,
             "session_id": scope,
             "module": def.module().as_str(),
-            "signature": def.signature().expect("a signature program").to_string(),
+            "signature": signature.to_string(),
+            "input_fields": def.input_fields,
+            "output_fields": outputs,
         });
-        programs.insert(
+        self.scopes.entry(scope).or_default().insert(
             def.id.clone(),
             Cached {
                 def,
@@ -173,9 +175,19 @@ impl WorkerCache {
     fn execute_program(&mut self, args: &Value) -> Result<Value, Failure> {
         let scope = scope_of(args)?;
         let programs = self.scopes.entry(scope.clone()).or_default();
+        let inputs = match args.get("inputs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(inputs)) => inputs.clone(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "inputs must be an object, got {}",
+                    py_type(other)
+                )))
+            }
+        };
         let program = match args.get("definition") {
             Some(wire) => {
-                let def = parse_definition(wire)?;
+                let def = parse_definition(wire, optional_program_id(args)?)?;
                 let stale = programs
                     .get(&def.id)
                     .map_or(true, |cached| &cached.wire != wire);
@@ -200,16 +212,6 @@ impl WorkerCache {
                 programs.get_mut(&id).ok_or_else(|| missing(&id, &scope))?
             }
         };
-        let inputs = match args.get("inputs") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(inputs)) => inputs.clone(),
-            Some(other) => {
-                return Err((
-                    "ValueError",
-                    format!("inputs must be an object, got {other}"),
-                ))
-            }
-        };
         program.executions += 1;
         let def = &program.def;
         let mut outputs = Map::new();
@@ -229,7 +231,7 @@ impl WorkerCache {
             def.signature().expect("a signature program"),
             &inputs,
         ));
-        Ok(json!({"program_id": def.id, "outputs": outputs}))
+        Ok(json!({"program_id": def.id, "outputs": outputs, "usage": {}}))
     }
 
     fn delete_program(&mut self, args: &Value) -> Result<Value, Failure> {
@@ -270,30 +272,95 @@ impl WorkerCache {
     }
 }
 
+/// The caller's mistake, which never counts against the worker.
+fn invalid(message: String) -> Failure {
+    ("InvalidRequest", message)
+}
+
+/// How Python names a JSON value's type in messages.
+fn py_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
 fn scope_of(args: &Value) -> Result<Option<String>, Failure> {
     match args.get("session_id") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) => Ok(Some(id.clone())),
-        Some(other) => Err((
-            "ValueError",
-            format!("session_id must be a string or null, got {other}"),
-        )),
+        Some(other) => Err(invalid(format!(
+            "session_id must be a string or null, got {}",
+            py_type(other)
+        ))),
     }
 }
 
 fn program_id(args: &Value) -> Result<String, Failure> {
+    optional_program_id(args)?
+        .ok_or_else(|| invalid("program_id must be a non-empty string, got None".to_owned()))
+}
+
+fn optional_program_id(args: &Value) -> Result<Option<String>, Failure> {
     match args.get("program_id") {
-        Some(Value::String(id)) if !id.is_empty() => Ok(id.clone()),
-        other => Err((
-            "ValueError",
-            format!("program_id must be a non-empty string, got {other:?}"),
-        )),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(id)) if !id.is_empty() => Ok(Some(id.clone())),
+        Some(other) => Err(invalid(format!(
+            "program_id must be a non-empty string, got {other}"
+        ))),
     }
 }
 
-fn parse_definition(wire: &Value) -> Result<ProgramDef, Failure> {
-    ProgramDef::from_wire(wire)
-        .map_err(|e| ("ValueError", format!("invalid program definition: {e}")))
+/// A definition checked as the bridge's `parse_program` checks it; the request's
+/// `program_id` fills in a definition without one and must agree with one that has it.
+fn parse_definition(wire: &Value, program_id: Option<String>) -> Result<ProgramDef, Failure> {
+    semantics::check_wire(wire).map_err(invalid)?;
+    let own = wire.get("program_id").and_then(Value::as_str);
+    let wire = match (own, program_id) {
+        (Some(own), Some(id)) if own != id => {
+            return Err(invalid(format!(
+                "program_id {id:?} does not match the definition's program_id {own:?}"
+            )))
+        }
+        (None, Some(id)) => {
+            let mut wire = wire.clone();
+            wire["program_id"] = json!(id);
+            wire
+        }
+        (None, None) => {
+            return Err(invalid(
+                "program_id must be a non-empty string, got None".to_owned(),
+            ))
+        }
+        _ => wire.clone(),
+    };
+    let def = ProgramDef::from_wire(&wire)
+        .map_err(|e| invalid(format!("invalid program definition: {e}")))?;
+    if def.module() == ModuleKind::Python {
+        return Err(invalid(format!(
+            "the fake bridge (layer 2) builds predict and chain_of_thought programs only; the python program `{}` needs real Python (layer 3)",
+            def.spec.factory.as_deref().unwrap_or_default()
+        )));
+    }
+    let signature = def.signature().expect("a signature program");
+    if def.module() == ModuleKind::ChainOfThought
+        && signature
+            .inputs
+            .iter()
+            .chain(&signature.outputs)
+            .any(|f| f.name == "reasoning")
+    {
+        return Err(invalid(
+            "chain_of_thought adds its own 'reasoning' output; rename the field".to_owned(),
+        ));
+    }
+    semantics::check_spec(&def.spec).map_err(invalid)?;
+    Ok(def)
 }
 
 fn where_(scope: &Option<String>) -> String {
@@ -310,13 +377,14 @@ fn missing(id: &str, scope: &Option<String>) -> Failure {
     )
 }
 
-/// The layer-2 adapter. See the [module docs](self).
+/// The layer-2 adapter: the real actors and protocol, the DSPy commands answered by
+/// [`FakeBridge`]s.
 ///
 /// # Examples
 ///
 /// ```
 /// # async fn demo() -> dspex::Result<()> {
-/// use dspex::adapter::{Adapter, BridgeMock};
+/// use dspex::testing::{Adapter, BridgeMock};
 /// use dspex::{ModuleKind, Signature};
 ///
 /// let adapter = BridgeMock::start(&dspex::Config::test()).await?;
@@ -336,7 +404,7 @@ pub struct BridgeMock {
 
 impl BridgeMock {
     /// Starts an isolated system whose `pool.size` workers are [`FakeBridge`]s on the
-    /// in-memory transport, and waits until all are ready. [`Adapter::shutdown`] stops
+    /// in-memory transport, and waits until all are ready. [`Adapter::shutdown`](crate::testing::Adapter::shutdown) stops
     /// it. `python.*` settings are not used: no process is started.
     ///
     /// # Errors
@@ -461,10 +529,8 @@ mod tests {
         let bridge = FakeBridge::new();
         let create = json!({"program_id": "p", "definition": def("p", "q -> a")});
         reply(call(&bridge, "w", "create_program", create.clone()));
-        assert_eq!(
-            failure_type(call(&bridge, "w", "create_program", create)),
-            "ProgramExists"
-        );
+        // As the bridge: creating again rebuilds (the host's registry refuses duplicates).
+        reply(call(&bridge, "w", "create_program", create));
         let run = json!({"program_id": "ghost", "inputs": {}});
         assert_eq!(
             failure_type(call(&bridge, "w", "execute_program", run)),
@@ -473,7 +539,12 @@ mod tests {
         let bad = json!({"definition": {"program_id": "p"}});
         assert_eq!(
             failure_type(call(&bridge, "w", "create_program", bad)),
-            "ValueError"
+            "InvalidRequest"
+        );
+        let run = json!({"definition": def("p", "q -> a"), "inputs": [1]});
+        assert_eq!(
+            failure_type(call(&bridge, "w", "execute_program", run)),
+            "InvalidRequest"
         );
         assert_eq!(
             failure_type(call(&bridge, "w", "nope", json!({}))),
@@ -482,7 +553,7 @@ mod tests {
         let stats = reply(call(&bridge, "w", "get_stats", json!({})));
         assert_eq!(
             (stats["requests"].as_u64(), stats["errors"].as_u64()),
-            (Some(6), Some(3))
+            (Some(7), Some(3))
         );
     }
 

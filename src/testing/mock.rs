@@ -14,39 +14,21 @@ use serde_json::{json, Map, Value};
 
 use super::fake_outputs::{fake_outputs, fake_text};
 use super::{
-    check_program_id, Adapter, AdapterHealth, AdapterKind, Capabilities, LmSettings, TestLayer,
+    check_program_id, python_refused, semantics, Adapter, AdapterHealth, AdapterKind, Capabilities,
+    LmSettings, TestLayer,
 };
 use crate::config::ConfigError;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result, WorkerCrash};
 use crate::program::{ModuleKind, ProgramDef, ProgramInfo, ProgramSpec};
-use crate::signature::{Signature, SignatureError, ValidationError};
+use crate::signature::{SignatureError, ValidationError};
 
-/// The error kinds [`Mock::fail_when`] can inject: every kind of [`Error::kind`].
-pub const INJECTABLE_KINDS: &[&str] = &[
-    "config",
-    "environment",
-    "input",
-    "signature",
-    "validation",
-    "timeout",
-    "pool_busy",
-    "worker_crashed",
-    "protocol",
-    "python",
-    "lm",
-    "session_not_found",
-    "program_not_found",
-    "shutting_down",
-    "system_failed",
-];
-
-/// The pure-Rust adapter (layer 1). See the [module docs](self).
+/// The pure-Rust adapter (layer 1). See the [module docs](crate::testing).
 ///
 /// # Examples
 ///
 /// ```
 /// # async fn demo() -> dspex::Result<()> {
-/// use dspex::adapter::{Adapter, Mock};
+/// use dspex::testing::{Adapter, Mock};
 /// use dspex::{ModuleKind, Signature};
 ///
 /// let mock = Mock::new();
@@ -54,7 +36,7 @@ pub const INJECTABLE_KINDS: &[&str] = &[
 /// mock.create_program(None, "qa", &sig, ModuleKind::Predict).await?;
 /// let fixed = serde_json::json!({"answer": "42"});
 /// mock.set_outputs("qa", fixed.as_object().unwrap().clone());
-/// mock.fail_when("qa", "lm");
+/// mock.fail_when("qa", dspex::error::ErrorKind::Lm);
 /// let inputs = serde_json::json!({"question": "?"}).as_object().unwrap().clone();
 /// let err = mock.execute_program(None, "qa", inputs.clone()).await.unwrap_err();
 /// assert_eq!(err.kind(), "lm");
@@ -79,7 +61,7 @@ struct State {
     /// Errors for the next calls, oldest first.
     fail_next: VecDeque<Error>,
     /// Program id → the error kind every call about it fails with.
-    fail_when: HashMap<String, &'static str>,
+    fail_when: HashMap<String, ErrorKind>,
     /// Method name → how often it was called (failed calls included).
     calls: BTreeMap<&'static str, u64>,
     lm: Option<LmSettings>,
@@ -125,16 +107,9 @@ impl Mock {
     }
 
     /// Every create, execute, delete or info call about `program_id` (in any session)
-    /// fails with an error of `kind` until [`clear_failures`](Self::clear_failures).
-    ///
-    /// # Panics
-    ///
-    /// When `kind` is not one of [`INJECTABLE_KINDS`]: a typo in a test should stop it,
-    /// not make it pass for the wrong reason.
-    pub fn fail_when(&self, program_id: &str, kind: &str) {
-        let Some(kind) = INJECTABLE_KINDS.iter().find(|k| **k == kind) else {
-            panic!("Mock::fail_when: unknown error kind `{kind}`; use one of {INJECTABLE_KINDS:?}");
-        };
+    /// fails with an error of `kind` (any of [`ErrorKind::ALL`]) until
+    /// [`clear_failures`](Self::clear_failures).
+    pub fn fail_when(&self, program_id: &str, kind: ErrorKind) {
         self.lock().fail_when.insert(program_id.to_owned(), kind);
     }
 
@@ -191,45 +166,46 @@ impl Mock {
             return Err(Error::ShuttingDown);
         }
         if let Some(kind) = program_id.and_then(|id| state.fail_when.get(id)) {
-            return Err(injected(kind, program_id.unwrap_or_default(), session));
+            return Err(injected(*kind, program_id.unwrap_or_default(), session));
         }
         Ok(state)
     }
 }
 
 /// An error of `kind` about `program_id`, worded like the real one would be.
-fn injected(kind: &str, program_id: &str, session: &str) -> Error {
+fn injected(kind: ErrorKind, program_id: &str, session: &str) -> Error {
     let message = format!("injected by Mock::fail_when for program `{program_id}`");
     match kind {
-        "config" => Error::Config(ConfigError {
+        ErrorKind::Config => Error::Config(ConfigError {
             key: None,
             message,
             path: None,
         }),
-        "environment" => Error::Environment(message),
-        "input" => Error::Input(message),
-        "signature" => Error::Signature(SignatureError::new(message)),
-        "validation" => Error::Validation(ValidationError::new("program_id", message)),
-        "timeout" => Error::Timeout {
+        ErrorKind::Environment => Error::Environment(message),
+        ErrorKind::Input => Error::Input(message),
+        ErrorKind::Signature => Error::Signature(SignatureError::new(message)),
+        ErrorKind::Validation => Error::Validation(ValidationError::new("program_id", message)),
+        ErrorKind::Timeout => Error::Timeout {
             stage: TimeoutStage::Request,
             message,
         },
-        "pool_busy" => Error::PoolBusy(message),
-        "worker_crashed" => Error::WorkerCrashed(message),
-        "protocol" => Error::Protocol(message),
-        "python" => Error::Python {
+        ErrorKind::PoolBusy => Error::PoolBusy(message),
+        ErrorKind::WorkerCrashed => Error::WorkerCrashed(WorkerCrash::from(message)),
+        ErrorKind::Protocol => Error::Protocol(message),
+        ErrorKind::Python => Error::Python {
             error_type: "RuntimeError".into(),
             message,
             traceback: None,
         },
-        "lm" => Error::Lm(message),
-        "session_not_found" => Error::SessionNotFound(session.to_owned()),
-        "program_not_found" => Error::ProgramNotFound {
+        ErrorKind::Lm => Error::Lm(message),
+        ErrorKind::RateLimited => Error::RateLimited(message),
+        ErrorKind::SessionNotFound => Error::SessionNotFound(session.to_owned()),
+        ErrorKind::ProgramNotFound => Error::ProgramNotFound {
             program_id: program_id.to_owned(),
             session: session.to_owned(),
         },
-        "shutting_down" => Error::ShuttingDown,
-        _ => Error::SystemFailed(message),
+        ErrorKind::ShuttingDown => Error::ShuttingDown,
+        ErrorKind::SystemFailed => Error::SystemFailed(message),
     }
 }
 
@@ -267,12 +243,11 @@ impl Adapter for Mock {
         }
     }
 
-    async fn create_program(
+    async fn create(
         &self,
         session: Option<&str>,
         program_id: &str,
-        signature: &Signature,
-        module: ModuleKind,
+        spec: ProgramSpec,
     ) -> Result<ProgramInfo> {
         let sid = self.session_id(session);
         let mut state = self.enter("create_program", Some(program_id), &sid)?;
@@ -286,7 +261,12 @@ impl Adapter for Mock {
                 ),
             )));
         }
-        let def = ProgramSpec::new(module, signature.clone()).resolve(program_id)?;
+        if spec.module == ModuleKind::Python {
+            return Err(python_refused(AdapterKind::Mock, &spec));
+        }
+        let def = spec.resolve(program_id)?;
+        semantics::check_spec(&def.spec)
+            .map_err(|message| Error::Validation(ValidationError::new("demos", message)))?;
         let info = program_info(&def, &sid);
         programs.insert(program_id.to_owned(), def);
         Ok(info)
@@ -426,6 +406,7 @@ impl Adapter for Mock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signature::Signature;
 
     fn obj(value: Value) -> Map<String, Value> {
         value.as_object().expect("an object").clone()
@@ -504,6 +485,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn demos_and_instructions_are_kept_and_python_programs_are_refused_clearly() {
+        let mock = Mock::new();
+        let demo = obj(json!({"question": "2+2?", "answer": "4"}));
+        let spec = ProgramSpec::new(ModuleKind::Predict, qa())
+            .with_demos(vec![demo])
+            .with_instructions("Be brief.");
+        let info = mock.create(None, "few", spec).await.unwrap();
+        assert_eq!(
+            (info.demos, info.instructions.as_deref()),
+            (1, Some("Be brief."))
+        );
+        let bad = ProgramSpec::new(ModuleKind::Predict, qa())
+            .with_demos(vec![obj(json!({"question": "q", "bogus": 1}))]);
+        let err = mock.create(None, "bad", bad).await.unwrap_err();
+        assert_eq!(err.kind(), "validation");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = mock
+            .create(None, "mine", ProgramSpec::python("pkg.mod:build"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "validation");
+        assert!(
+            err.to_string()
+                .contains("`pkg.mod:build` needs real Python (layer 3"),
+            "{err}"
+        );
+        assert_eq!(mock.list_programs(None).await.unwrap(), ["few"]);
+    }
+
+    #[tokio::test]
     async fn fail_next_fails_exactly_the_next_calls_in_order() {
         let mock = Mock::new();
         mock.fail_next(Error::PoolBusy("first".into()));
@@ -520,8 +531,8 @@ mod tests {
     async fn fail_when_hits_only_calls_about_that_program_until_cleared() {
         let mock = Mock::new();
         with_qa(&mock, Some("s")).await;
-        mock.fail_when("qa", "program_not_found");
-        mock.fail_when("other", "timeout");
+        mock.fail_when("qa", ErrorKind::ProgramNotFound);
+        mock.fail_when("other", ErrorKind::Timeout);
         let err = mock.get_program_info(Some("s"), "qa").await.unwrap_err();
         assert!(
             matches!(&err, Error::ProgramNotFound { program_id, session } if program_id == "qa" && session == "s"),
@@ -554,16 +565,10 @@ mod tests {
     }
 
     #[test]
-    fn every_injectable_kind_builds_an_error_of_that_kind() {
-        for kind in INJECTABLE_KINDS {
-            assert_eq!(injected(kind, "p", "s").kind(), *kind);
+    fn every_kind_can_be_injected_and_builds_an_error_of_that_kind() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(injected(kind, "p", "s").error_kind(), kind);
         }
-    }
-
-    #[test]
-    #[should_panic(expected = "unknown error kind `lmm`")]
-    fn fail_when_rejects_an_unknown_kind() {
-        Mock::new().fail_when("qa", "lmm");
     }
 
     #[tokio::test]

@@ -13,8 +13,7 @@ use tokio::sync::OnceCell;
 
 use super::{check_program_id, AdapterHealth, AdapterKind, LmSettings};
 use crate::error::{Error, Result};
-use crate::program::{ModuleKind, ProgramInfo, Session};
-use crate::signature::Signature;
+use crate::program::{ProgramInfo, ProgramSpec, Session};
 use crate::system::System;
 
 /// A [`System`] seen through sessions.
@@ -78,18 +77,14 @@ impl SystemBacked {
         Ok(())
     }
 
-    pub(crate) async fn create_program(
+    pub(crate) async fn create(
         &self,
         session: Option<&str>,
         program_id: &str,
-        signature: &Signature,
-        module: ModuleKind,
+        spec: ProgramSpec,
     ) -> Result<ProgramInfo> {
         check_program_id(program_id)?;
-        self.session(session)
-            .await?
-            .create_program(program_id, signature, module)
-            .await
+        self.session(session).await?.create(program_id, spec).await
     }
 
     pub(crate) async fn execute_program(
@@ -187,29 +182,26 @@ impl SystemBacked {
 macro_rules! system_backed_adapter {
     ($ty:ty, layers: $layers:expr, capabilities: $caps:expr $(,)?) => {
         #[async_trait::async_trait]
-        impl $crate::adapter::Adapter for $ty {
-            fn kind(&self) -> $crate::adapter::AdapterKind {
+        impl $crate::testing::Adapter for $ty {
+            fn kind(&self) -> $crate::testing::AdapterKind {
                 self.core.kind()
             }
 
-            fn supported_layers(&self) -> &'static [$crate::adapter::TestLayer] {
+            fn supported_layers(&self) -> &'static [$crate::testing::TestLayer] {
                 $layers
             }
 
-            fn capabilities(&self) -> $crate::adapter::Capabilities {
+            fn capabilities(&self) -> $crate::testing::Capabilities {
                 $caps
             }
 
-            async fn create_program(
+            async fn create(
                 &self,
                 session: Option<&str>,
                 program_id: &str,
-                signature: &$crate::signature::Signature,
-                module: $crate::program::ModuleKind,
+                spec: $crate::program::ProgramSpec,
             ) -> $crate::error::Result<$crate::program::ProgramInfo> {
-                self.core
-                    .create_program(session, program_id, signature, module)
-                    .await
+                self.core.create(session, program_id, spec).await
             }
 
             async fn execute_program(
@@ -246,12 +238,12 @@ macro_rules! system_backed_adapter {
 
             async fn configure_lm(
                 &self,
-                lm: $crate::adapter::LmSettings,
+                lm: $crate::testing::LmSettings,
             ) -> $crate::error::Result<()> {
                 self.core.configure_lm(lm)
             }
 
-            async fn health_check(&self) -> $crate::error::Result<$crate::adapter::AdapterHealth> {
+            async fn health_check(&self) -> $crate::error::Result<$crate::testing::AdapterHealth> {
                 self.core.health_check().await
             }
 

@@ -20,7 +20,7 @@ use crate::signature::{FieldType, Signature};
 /// # Examples
 ///
 /// ```
-/// use dspex::adapter::fake_outputs;
+/// use dspex::testing::fake_outputs;
 /// use dspex::Signature;
 ///
 /// let sig: Signature = "question -> answer, confidence: float".parse().unwrap();

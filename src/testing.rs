@@ -1,4 +1,16 @@
-//! Adapters: one program API over the three test layers.
+//! Test doubles, and one program API over the three test layers (DESIGN.md "Testing").
+//!
+//! This module is for test harnesses, dspex's own and its users': it is compiled only
+//! with the `testing` feature, so applications do not carry ~2 300 lines of fakes. Turn it
+//! on where the tests are:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! dspex = { version = "0.1", features = ["testing"] }
+//! ```
+//!
+//! (dspex's own tests do the same with a dev-dependency on itself, so `cargo test` builds
+//! everything.)
 //!
 //! Tests (and tools that want to run the same scenario cheaply or for real) talk to an
 //! [`Adapter`] instead of a [`System`](crate::System), so one suite of checks can run
@@ -10,12 +22,21 @@
 //! before anything runs, and outputs come back typed as the signature declares.
 //! [`AdapterFactory`] picks an adapter by explicit choice, `DSPEX_TEST_LAYER`, or the
 //! configuration.
+//!
+//! The fakes copy the Python bridge's program semantics (which definitions it refuses,
+//! what a chain of thought adds to the outputs, how errors are typed). So that the copies
+//! cannot drift from the original, `tests/semantics_table.rs` runs one table of cases
+//! (`tests/fixtures/semantics/cases.json`) against the [`Mock`], the [`FakeBridge`] and a
+//! real worker. The fakes run `predict` and `chain_of_thought` programs (demos and
+//! instructions included); `python` programs need real Python, and the fakes refuse them
+//! with a `validation` error that says so.
 
 mod bridge_mock;
 mod factory;
 mod fake_outputs;
 mod mock;
 mod python;
+mod semantics;
 mod system_backed;
 
 use std::fmt;
@@ -27,13 +48,13 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ConfigError, LmConfig};
 use crate::error::{Error, Result};
-use crate::program::{ModuleKind, ProgramInfo};
+use crate::program::{ModuleKind, ProgramInfo, ProgramSpec};
 use crate::signature::{Signature, ValidationError};
 
 pub use bridge_mock::{BridgeMock, FakeBridge};
 pub use factory::{AdapterFactory, TEST_LAYER_ENV};
 pub use fake_outputs::fake_outputs;
-pub use mock::{Mock, INJECTABLE_KINDS};
+pub use mock::Mock;
 pub use python::PythonAdapter;
 
 /// Which adapter implementation is behind a `dyn Adapter`.
@@ -275,7 +296,7 @@ impl AdapterHealth {
 ///
 /// ```
 /// # async fn demo() -> dspex::Result<()> {
-/// use dspex::adapter::{Adapter, Mock};
+/// use dspex::testing::{Adapter, Mock};
 /// use dspex::{ModuleKind, Signature};
 ///
 /// let adapter = Mock::new();
@@ -300,19 +321,41 @@ pub trait Adapter: Send + Sync {
     /// What the adapter really exercises.
     fn capabilities(&self) -> Capabilities;
 
-    /// Define a program in `session` and build it.
+    /// Define a program of any kind in `session` and build it (see
+    /// [`Session::create`](crate::Session::create)).
     ///
     /// # Errors
     ///
-    /// `validation` for an empty or duplicate id; `python` when DSPy rejects the
-    /// signature (layer 3); system errors (`shutting_down`, `timeout`, ...).
+    /// `validation` for an empty or duplicate id or a spec the bridge refuses (demos with
+    /// fields the signature does not declare, ...), and on the fakes for a `python`
+    /// program; `python` when DSPy rejects it (layer 3); system errors (`shutting_down`,
+    /// `timeout`, ...).
+    async fn create(
+        &self,
+        session: Option<&str>,
+        program_id: &str,
+        spec: ProgramSpec,
+    ) -> Result<ProgramInfo>;
+
+    /// Define a `predict` or `chain_of_thought` program over `signature` and build it.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
     async fn create_program(
         &self,
         session: Option<&str>,
         program_id: &str,
         signature: &Signature,
         module: ModuleKind,
-    ) -> Result<ProgramInfo>;
+    ) -> Result<ProgramInfo> {
+        self.create(
+            session,
+            program_id,
+            ProgramSpec::new(module, signature.clone()),
+        )
+        .await
+    }
 
     /// Run a program; outputs are typed as its signature declares.
     ///
@@ -366,6 +409,18 @@ pub trait Adapter: Send + Sync {
     /// Later calls fail with `shutting_down`, except `health_check`, which reports
     /// `stopped`. Idempotent.
     async fn shutdown(&self) -> Result<()>;
+}
+
+/// The `validation` error a fake gives for a `python` program: it has no Python to build
+/// one with.
+pub(crate) fn python_refused(fake: AdapterKind, spec: &ProgramSpec) -> Error {
+    Error::Validation(ValidationError::new(
+        "module",
+        format!(
+            "the {fake} adapter runs predict and chain_of_thought programs only; the python program `{}` needs real Python (layer 3, DSPEX_TEST_LAYER=layer_3)",
+            spec.factory.as_deref().unwrap_or_default()
+        ),
+    ))
 }
 
 /// The `validation` error for an empty program id, shared so every adapter says the

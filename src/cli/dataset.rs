@@ -1,0 +1,155 @@
+//! Reading the JSONL datasets of `eval` (the devset) and `optimize` (trainset, valset).
+//!
+//! Unlike `run`'s input, which streams, these are read whole before any worker starts:
+//! an evaluation or an optimization is about the whole set, a file that cannot be read
+//! should stop it before Python starts, and the sets are small. A line is still bounded
+//! ([`MAX_LINE_BYTES`]), so a file that is not JSONL (or `/dev/zero`) is refused instead
+//! of eating memory. Blank lines are skipped, as `run` skips them.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::run::RowError;
+use super::CliError;
+
+/// The longest line read (as `run.max_line_bytes` defaults to).
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One non-blank line of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// 1-based, for messages.
+    pub number: u64,
+    /// The row's `id` (`null` when it has none or the line is not an object).
+    pub id: Value,
+    /// The row, or why the line is not one (kind `input`).
+    pub row: Result<Map<String, Value>, RowError>,
+}
+
+/// Reads `path` (`what` names it in messages: "devset", "trainset").
+///
+/// # Errors
+///
+/// A usage error (exit 2) when the file cannot be read, has no rows, or has a line longer
+/// than [`MAX_LINE_BYTES`].
+pub fn read(path: &Path, what: &str) -> Result<Vec<Line>, CliError> {
+    let io_error = |source| CliError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(CliError::Usage(format!(
+            "--{what} `{}` is a directory; give a JSONL file",
+            path.display()
+        )));
+    }
+    let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
+    let mut lines = Vec::new();
+    let mut number = 0;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        number += 1;
+        let read = Read::by_ref(&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(io_error)?;
+        if read == 0 {
+            break;
+        }
+        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+            return Err(CliError::Usage(format!(
+                "--{what} `{}`: line {number} is longer than {} MiB; is it a JSONL file?",
+                path.display(),
+                MAX_LINE_BYTES >> 20
+            )));
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        lines.push(parse(&buf, number));
+    }
+    if lines.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--{what} `{}` has no rows; give one JSON object per line",
+            path.display()
+        )));
+    }
+    Ok(lines)
+}
+
+fn parse(bytes: &[u8], number: u64) -> Line {
+    let failed = |message: String| Line {
+        number,
+        id: Value::Null,
+        row: Err(RowError::new("input", format!("line {number}: {message}"))),
+    };
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(row)) => Line {
+            number,
+            id: row.get("id").cloned().unwrap_or(Value::Null),
+            row: Ok(row),
+        },
+        Ok(other) => failed(format!(
+            "expected a JSON object, got {}",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )),
+        Err(e) => failed(format!(
+            "not valid JSON ({e}); each line must be one JSON object"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_keep_their_line_numbers_and_ids_and_blank_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\": 7, \"q\": \"a\"}\n\n  \n[1]\n{\"q\": \"b\"}",
+        )
+        .unwrap();
+        let lines = read(&path, "devset").unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!((lines[0].number, &lines[0].id), (1, &Value::from(7)));
+        assert_eq!(lines[1].number, 4);
+        let error = lines[1].row.as_ref().unwrap_err();
+        assert_eq!(error.kind, "input");
+        assert_eq!(
+            error.message,
+            "line 4: expected a JSON object, got an array"
+        );
+        assert_eq!(lines[2].row.as_ref().unwrap()["q"], "b");
+        assert_eq!(lines[2].id, Value::Null);
+    }
+
+    #[test]
+    fn a_missing_empty_or_directory_dataset_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read(&dir.path().join("nope.jsonl"), "devset").unwrap_err();
+        assert!(e.to_string().starts_with("cannot read"), "{e}");
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "\n\n").unwrap();
+        let e = read(&empty, "trainset").unwrap_err();
+        assert!(
+            e.to_string().contains("--trainset") && e.to_string().contains("no rows"),
+            "{e}"
+        );
+        let e = read(dir.path(), "devset").unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+}
