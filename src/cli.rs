@@ -11,6 +11,7 @@ mod call;
 mod dataset;
 mod doctor;
 mod eval;
+mod merge;
 mod optimize;
 mod python;
 mod run;
@@ -49,6 +50,9 @@ enum Command {
     /// Run a DSPy program over a JSONL dataset, one output line per input row.
     #[command(after_help = run::HELP)]
     Run(run::RunArgs),
+    /// Join the outputs of `run --shard K/N` into one output in input order.
+    #[command(after_help = merge::HELP)]
+    Merge(merge::MergeArgs),
     /// Score a DSPy program on a JSONL devset with a metric, as dspy.Evaluate does.
     #[command(after_help = eval::HELP)]
     Eval(eval::EvalArgs),
@@ -199,13 +203,14 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("dspex: cannot start the async runtime: {e}");
+            note(format_args!("dspex: cannot start the async runtime: {e}"));
             return ExitCode::from(2);
         }
     };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Merge(args) => merge::merge(args).await,
             Command::Eval(args) => eval::eval(args).await,
             Command::Optimize(args) => optimize::optimize(args).await,
             Command::Call(args) => call::call(args).await,
@@ -267,6 +272,25 @@ fn error_report(e: &CliError) -> String {
     text
 }
 
+/// Writes one line to stderr, ignoring a stderr that is closed or full: a command must
+/// finish its work even when whoever read its messages went away (`2>&1 | head -1`),
+/// which `eprintln!` would turn into a panic.
+pub(crate) fn note(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Writes one line of a command's result to stdout. A reader that went away (`| head`)
+/// is a broken pipe, which ends the command quietly with 141 instead of a panic.
+pub(crate) fn print(line: impl std::fmt::Display) -> Result<(), CliError> {
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{line}").map_err(|source| CliError::Io {
+        action: "write to",
+        path: PathBuf::from("-"),
+        source,
+    })
+}
+
 /// Whether stderr is a terminal, so progress may redraw in place.
 fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
@@ -280,12 +304,27 @@ async fn start_system(
     wait_ready: usize,
 ) -> Result<System, CliError> {
     let env = python::prepare(config, require_dspy).await?;
-    Ok(System::builder(config.clone())
-        .python_env(env)
+    let started = System::builder(config.clone())
+        .python_env(env.clone())
         .require_dspy(require_dspy)
         .wait_ready(wait_ready)
         .start()
-        .await?)
+        .await;
+    match started {
+        Ok(system) => Ok(system),
+        // Workers that cannot start in a venv with missing files fail with an import error
+        // that says nothing about the venv; say what is wrong and that `setup` repairs it.
+        Err(e) if e.kind() == "environment" => {
+            let damaged =
+                tokio::task::spawn_blocking(move || dspex::python_env::check_venv_files(&env))
+                    .await;
+            match damaged {
+                Ok(Err(damage)) => Err(dspex::Error::from(damage).into()),
+                _ => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

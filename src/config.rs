@@ -16,11 +16,12 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use dspex_actors::TransportKind;
 pub use dspex_actors::{
-    ActorsConfig, Affinity, PoolConfig, SessionConfig, ShutdownConfig, SupervisorConfig,
-    WorkerConfig,
+    ActorsConfig, Affinity, PoolConfig, RateConfig, SessionConfig, ShutdownConfig,
+    SupervisorConfig, WorkerConfig,
 };
 
 pub(crate) use raw::closest;
@@ -63,6 +64,22 @@ pub struct Config {
     pub python: PythonConfig,
     /// `[lm]`: the language model programs use.
     pub lm: LmConfig,
+    /// `[run]`: limits of `dspex run`.
+    pub run: RunConfig,
+    /// `pool.worker_memory_limit`: the address-space limit (`RLIMIT_AS`) of each worker
+    /// process, in bytes; `None`: no limit. It lives here rather than in [`PoolConfig`]
+    /// because the actor layer applies it per launch ([`LaunchSpec`]), not as pool policy.
+    ///
+    /// [`LaunchSpec`]: dspex_actors::LaunchSpec
+    pub worker_memory_limit: Option<u64>,
+}
+
+/// `[run]`: limits of `dspex run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunConfig {
+    /// Longest input line in bytes (without its newline). A longer line fails its row as
+    /// `input` and is skipped without being held in memory.
+    pub max_line_bytes: u64,
 }
 
 /// `[system]`.
@@ -109,17 +126,58 @@ pub struct PythonConfig {
     pub max_frame_bytes: usize,
 }
 
-/// `[lm]`: the language model DSPy programs use.
+/// `[lm]`: the language model DSPy programs use, and how the pool paces calls to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LmConfig {
     /// `"dummy"` (deterministic, offline) or a DSPy/LiteLLM model string.
     pub model: String,
     /// The environment variable holding the API key, if the model needs one.
     pub api_key_env: Option<String>,
+    /// The provider's base URL (an OpenAI-compatible server, a proxy); `None`: the
+    /// provider's default. Passed to `dspy.LM` as an argument, so DSPy can pick its
+    /// native client.
+    pub api_base: Option<String>,
     /// Sampling temperature, finite and ≥ 0.
     pub temperature: f64,
     /// Token limit per call, ≥ 1.
     pub max_tokens: u32,
+    /// How long one LM call may take before it counts as failed (and is retried).
+    pub timeout: Duration,
+    /// Retries of a failed LM call (5xx, timeout, connection error) in the worker, and of
+    /// a request refused for rate (429) by the pool.
+    pub num_retries: u32,
+    /// More keyword arguments for `dspy.LM` (e.g. `top_p`), as JSON.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// DSPy's response cache.
+    pub cache: LmCache,
+    /// Where the disk cache lives; `None`: `<dspex cache dir>/lm-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Most LM-bound requests in flight across the pool; 0: the pool's capacity.
+    pub max_in_flight: usize,
+    /// LM-bound requests started per minute across the pool; 0: no limit.
+    pub requests_per_minute: u32,
+}
+
+/// `lm.cache`: which tiers of DSPy's response cache are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LmCache {
+    /// Every call goes to the model.
+    Off,
+    /// Answers are kept in each worker's memory.
+    Memory,
+    /// In memory and on disk, shared by every worker of the machine (default).
+    Disk,
+}
+
+impl LmCache {
+    /// The spelling used in the config and on the wire: `off`, `memory`, `disk`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LmCache::Off => "off",
+            LmCache::Memory => "memory",
+            LmCache::Disk => "disk",
+        }
+    }
 }
 
 impl LmConfig {
@@ -134,7 +192,10 @@ impl Config {
     /// `env`, and `overrides` (`("pool.size", 8)`, later ones win), then validates.
     ///
     /// `env` is usually [`process_env`]`()`; variables that do not start with `DSPEX_`
-    /// or have no `__` after it (such as `DSPEX_HOME`) are ignored. A variable's value
+    /// or have no `__` after it are not settings. Of those, a `DSPEX_*` variable that is
+    /// not one of dspex's own ([`ENV_VARIABLES`], such as `DSPEX_HOME`) is logged as a
+    /// warning naming the closest key, since `DSPEX_POOL_SIZE` (one underscore) would
+    /// otherwise be ignored without a word. A variable's value
     /// is read as a TOML value when it is one (`8`, `true`, `["a", "b"]`, `"x"`), and as
     /// a string otherwise (`30s`, `/usr/bin/python3`); for keys whose default is a
     /// string it is always the string as written, so `DSPEX_SYSTEM__NAME=123` is
@@ -194,9 +255,16 @@ impl Config {
             session: self.session.clone(),
             supervisor: self.supervisor.clone(),
             shutdown: self.shutdown.clone(),
-            rate: Default::default(),
+            rate: RateConfig {
+                max_in_flight: self.lm.max_in_flight,
+                requests_per_minute: self.lm.requests_per_minute,
+                num_retries: self.lm.num_retries,
+            },
             worker: WorkerConfig {
                 max_frame_bytes: self.python.max_frame_bytes,
+                // The bundled bridge answers control commands on its reader thread while
+                // its slots are busy; a user's bridge script may read one frame at a time.
+                ping_when_busy: self.python.script.is_none(),
                 ..WorkerConfig::default()
             },
         }
@@ -210,6 +278,44 @@ impl Default for Config {
             .unwrap_or_else(|e| panic!("the embedded config/dspex.toml is invalid: {e}"))
     }
 }
+
+/// The environment variables dspex itself reads, besides the `DSPEX_<SECTION>__<KEY>`
+/// settings, with what each does. Any other `DSPEX_*` variable is reported by
+/// [`Config::load`] as a likely typo.
+pub const ENV_VARIABLES: &[(&str, &str)] = &[
+    ("DSPEX_CONFIG", "the config file, like --config"),
+    (
+        "DSPEX_HOME",
+        "the cache directory (managed venvs, the unpacked bridge, the LM disk cache)",
+    ),
+    (
+        "DSPEX_BOOTSTRAP_PYTHON",
+        "the Python that creates the managed venv",
+    ),
+    (
+        "DSPEX_TEST_LAYER",
+        "the adapter test harnesses build: layer_1, layer_2 or layer_3",
+    ),
+    ("DSPEX_TEST_HOST_HELPER", "internal to dspex's own tests"),
+];
+
+/// The variables dspex sets in its workers' environment (contract §1). Set in dspex's
+/// own environment they do nothing, since workers inherit only `python.inherit_env`; the
+/// warning says to use `python.env` instead.
+pub const WORKER_ENV_VARIABLES: &[&str] = &[
+    "DSPEX_TRANSPORT",
+    "DSPEX_WORKER_CONCURRENCY",
+    "DSPEX_LM",
+    "DSPEX_PRELOAD_DSPY",
+    "DSPEX_LIFELINE_FD",
+    "DSPEX_MEMORY_LIMIT",
+    "DSPEX_WORKDIR",
+    "DSPEX_HANDLERS",
+    "DSPEX_PYTHON_PATH",
+    "DSPEX_MAX_FRAME_BYTES",
+    "DSPEX_LOG_LEVEL",
+    "DSPEX_DUMMY_TRACE",
+];
 
 /// The process's environment in the form [`Config::load`] takes.
 ///
@@ -333,9 +439,21 @@ mod tests {
             lm: LmConfig {
                 model: "dummy".into(),
                 api_key_env: None,
+                api_base: None,
                 temperature: 0.0,
                 max_tokens: 1024,
+                timeout: Duration::from_secs(60),
+                num_retries: 3,
+                extra: serde_json::Map::new(),
+                cache: LmCache::Disk,
+                cache_dir: None,
+                max_in_flight: 0,
+                requests_per_minute: 0,
             },
+            run: RunConfig {
+                max_line_bytes: 16 << 20,
+            },
+            worker_memory_limit: None,
         };
         assert_eq!(Config::default(), expected);
         assert!(Config::default().lm.is_dummy());
@@ -356,8 +474,8 @@ mod tests {
         );
         assert_eq!(
             parsed.keys().collect::<Vec<_>>().len(),
-            7,
-            "dspex.toml has the seven sections"
+            8,
+            "dspex.toml has the eight sections"
         );
     }
 
@@ -683,6 +801,162 @@ mod tests {
             assert_eq!(e.key.as_deref(), Some(key), "{text}");
             assert!(e.message.contains(expected), "{text}: {e}");
             assert!(e.message.ends_with("(set in the given TOML text)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn new_pool_lm_and_run_keys_are_read_and_reach_the_actor_layer() {
+        let config = Config::from_toml_str(
+            "[pool]\nworker_concurrency = 16\nworker_memory_limit = \"4GiB\"\n\
+             [lm]\napi_base = \"http://127.0.0.1:8000/v1\"\ntimeout = \"5s\"\n\
+             num_retries = 5\nextra = { top_p = 0.9, stop = [\"x\"] }\ncache = \"memory\"\n\
+             cache_dir = \"/c\"\nmax_in_flight = 4\nrequests_per_minute = 600\n\
+             [run]\nmax_line_bytes = \"1KiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.pool.worker_concurrency, 16);
+        assert_eq!(config.worker_memory_limit, Some(4 << 30));
+        let lm = &config.lm;
+        assert_eq!(lm.api_base.as_deref(), Some("http://127.0.0.1:8000/v1"));
+        assert_eq!(lm.timeout, Duration::from_secs(5));
+        assert_eq!(lm.num_retries, 5);
+        assert_eq!(
+            serde_json::Value::Object(lm.extra.clone()),
+            serde_json::json!({"top_p": 0.9, "stop": ["x"]})
+        );
+        assert_eq!(lm.cache, LmCache::Memory);
+        assert_eq!(lm.cache_dir.as_deref(), Some(Path::new("/c")));
+        assert_eq!(config.run.max_line_bytes, 1024);
+        let actors = config.actors_config();
+        assert_eq!(actors.pool.capacity(), 2 * 16);
+        assert_eq!(
+            actors.rate,
+            RateConfig {
+                max_in_flight: 4,
+                requests_per_minute: 600,
+                num_retries: 5
+            }
+        );
+        assert!(actors.worker.ping_when_busy);
+        let scripted = Config::from_toml_str("[python]\nscript = \"/b.py\"").unwrap();
+        assert!(
+            !scripted.actors_config().worker.ping_when_busy,
+            "a user's bridge script may answer one frame at a time"
+        );
+    }
+
+    #[test]
+    fn pool_size_is_capped() {
+        let e = toml_err("[pool]\nsize = 1025");
+        assert_eq!(e.key.as_deref(), Some("pool.size"));
+        assert!(
+            e.message
+                .starts_with("`pool.size` must be at most 1024, got 1025"),
+            "{e}"
+        );
+        assert!(e.message.contains("pool.worker_concurrency"), "{e}");
+        assert_eq!(
+            Config::from_toml_str("[pool]\nsize = 1024")
+                .unwrap()
+                .pool
+                .size,
+            1024
+        );
+    }
+
+    #[test]
+    fn a_system_name_with_control_characters_is_a_config_error() {
+        for name in ["a\\u0000b", "line\\nbreak", "bell\\u0007"] {
+            let e = toml_err(&format!("[system]\nname = \"{name}\""));
+            assert_eq!(e.key.as_deref(), Some("system.name"), "{name}");
+            assert!(
+                e.message.contains("must not contain control characters"),
+                "{e}"
+            );
+        }
+        let e = load_env(&[("DSPEX_SYSTEM__NAME", "nul\0inside")]).unwrap_err();
+        assert!(e.message.contains("DSPEX_SYSTEM__NAME"), "{e}");
+        assert_eq!(
+            Config::from_toml_str("[system]\nname = \"prod-1.eu_west\"")
+                .unwrap()
+                .system
+                .name,
+            "prod-1.eu_west"
+        );
+    }
+
+    #[test]
+    fn bad_sizes_and_lm_values_name_their_key() {
+        for (text, key, expected) in [
+            (
+                "[pool]\nworker_memory_limit = \"4 parsecs\"",
+                "pool.worker_memory_limit",
+                "invalid size \"4 parsecs\"; use e.g. \"512MiB\"",
+            ),
+            (
+                "[pool]\nworker_memory_limit = \"1MiB\"",
+                "pool.worker_memory_limit",
+                "must be at least 67108864 bytes",
+            ),
+            (
+                "[pool]\nworker_concurrency = 0",
+                "pool.worker_concurrency",
+                "must be an integer from 1 to 10000, got 0",
+            ),
+            (
+                "[run]\nmax_line_bytes = \"\"",
+                "run.max_line_bytes",
+                "must be set",
+            ),
+            (
+                "[run]\nmax_line_bytes = -5",
+                "run.max_line_bytes",
+                "invalid size -5",
+            ),
+            (
+                "[lm]\ncache = \"redis\"",
+                "lm.cache",
+                "must be one of \"off\", \"memory\", \"disk\"",
+            ),
+            (
+                "[lm]\ntimeout = \"0s\"",
+                "lm.timeout",
+                "must be longer than zero",
+            ),
+            (
+                "[lm]\napi_base = \"localhost:8000\"",
+                "lm.api_base",
+                "must be an http:// or https:// URL",
+            ),
+            (
+                "[lm]\nextra = 3",
+                "lm.extra",
+                "must be a table of keyword arguments",
+            ),
+            (
+                "[lm]\nextra = { timeout = 3 }",
+                "lm.extra.timeout",
+                "set `lm.timeout` instead",
+            ),
+            (
+                "[lm]\nextra = { top_p = nan }",
+                "lm.extra.top_p",
+                "must be a finite number",
+            ),
+            (
+                "[lm]\nmax_in_flight = -1",
+                "lm.max_in_flight",
+                "must be an integer ≥ 0",
+            ),
+            (
+                "[lm]\nnum_retries = -1",
+                "lm.num_retries",
+                "must be an integer from 0",
+            ),
+        ] {
+            let e = toml_err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}");
+            assert!(e.message.contains(expected), "{text}: {e}");
         }
     }
 

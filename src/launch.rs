@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use dspex_actors::LaunchSpec;
 
-use crate::config::Config;
+use crate::config::{Config, LmCache};
 use crate::error::{Error, Result};
 use crate::python_env::{PythonEnv, PythonSetup};
 
@@ -126,18 +126,40 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
         env: vars,
         cwd,
         transport: python.transport,
-        memory_limit: None,
+        memory_limit: config.worker_memory_limit,
         lifeline: bundled,
     })
 }
 
-/// The worker's default LM, as the bridge reads it from `DSPEX_LM`.
+/// The worker's default LM, as the bridge reads it from `DSPEX_LM` (contract §4): every
+/// `[lm]` key the bridge uses, the timeout in seconds. The disk cache needs a directory,
+/// so an unset `lm.cache_dir` becomes `<dspex cache dir>/lm-cache`; with no cache
+/// directory at all the cache falls back to memory rather than failing every worker.
 fn lm_json(config: &Config) -> serde_json::Value {
     let lm = &config.lm;
+    let mut cache = lm.cache;
+    let cache_dir = match (cache, &lm.cache_dir) {
+        (LmCache::Disk, Some(dir)) => Some(absolute(dir)),
+        (LmCache::Disk, None) => match crate::python_env::lm_cache_dir() {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                log::warn!("lm.cache = \"disk\" falls back to \"memory\": {e}");
+                cache = LmCache::Memory;
+                None
+            }
+        },
+        _ => None,
+    };
     serde_json::json!({
         "model": lm.model,
         "api_key_env": lm.api_key_env,
+        "api_base": lm.api_base,
         "temperature": lm.temperature,
         "max_tokens": lm.max_tokens,
+        "timeout": lm.timeout.as_secs_f64(),
+        "num_retries": lm.num_retries,
+        "extra": lm.extra,
+        "cache": cache.as_str(),
+        "cache_dir": cache_dir,
     })
 }

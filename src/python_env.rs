@@ -8,6 +8,11 @@
 //! threads and processes at once (parallel test binaries, two CLIs), and both are reused
 //! without locks or subprocesses once they exist.
 //!
+//! The cache holds code every worker runs, so it is created private (0700), refused when
+//! another user could write to it, and its bridge is compared with the embedded sources on
+//! every start (see `trust` and `bridge`). Whether the venv's installed files are intact is
+//! checked on demand (`dspex setup`, see `record`), since hashing a DSPy venv takes seconds.
+//!
 //! Everything here blocks (it runs `python -m venv` and `pip`); call it off the actor thread.
 
 use std::env;
@@ -20,6 +25,8 @@ use sha2::{Digest, Sha256};
 mod bridge;
 mod error;
 mod interpreter;
+mod record;
+mod trust;
 mod venv;
 
 pub use bridge::unpack_bridge;
@@ -73,6 +80,38 @@ pub struct PythonEnv {
     pub requirements_hash: String,
 }
 
+/// What [`prepare`] does with a managed venv that is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// Use it when its ready marker says it was installed completely (every start).
+    #[default]
+    Reuse,
+    /// Also check every installed file against pip's records and repair what is damaged
+    /// (`dspex setup`).
+    Verify,
+    /// Build it again from scratch (`dspex setup --force`). A venv the user named
+    /// (`python.venv`) is not deleted; its requirements are reinstalled.
+    Rebuild,
+}
+
+/// What [`prepare`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// An existing environment was used as it was.
+    Reused,
+    /// An existing environment was checked file by file and found intact.
+    Verified {
+        /// Installed distributions checked.
+        distributions: usize,
+        /// Installed files checked.
+        files: usize,
+    },
+    /// Damaged distributions were reinstalled, as `name==version`.
+    Repaired(Vec<String>),
+    /// The environment was created (or rebuilt).
+    Built,
+}
+
 /// A report from [`ensure`] for a progress display.
 ///
 /// Nothing is reported when the environment already exists; creating one reports `Step`s
@@ -117,29 +156,126 @@ pub fn ensure(
     setup: &PythonSetup,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<PythonEnv, EnvError> {
+    prepare(setup, Existing::Reuse, progress).map(|(env, _)| env)
+}
+
+/// [`ensure`], choosing how thoroughly an existing managed venv is treated, and saying
+/// what was done.
+///
+/// # Errors
+///
+/// As for [`ensure`]; with [`Existing::Verify`] also [`EnvError::VenvDamaged`] when a venv
+/// the user named (`python.venv`) is damaged and reinstalling its damaged packages did
+/// not repair it (a venv in the cache is rebuilt instead).
+pub fn prepare(
+    setup: &PythonSetup,
+    existing: Existing,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<(PythonEnv, Action), EnvError> {
     let cache = match &setup.cache_dir {
         Some(dir) => dir.clone(),
         None => cache_dir()?,
     };
     let requirements = Requirements::load(setup.requirements.as_deref())?;
     let bridge_path = unpack_bridge(&cache)?;
-    let (python, venv) = match &setup.executable {
+    let (python, venv, action) = match &setup.executable {
         PythonExecutable::Auto => {
-            let plan = venv_plan(&cache, setup, &requirements)?;
-            let python = venv::ensure_venv(&plan, progress)?;
-            (python, Some(plan.dir))
+            let plan = venv_plan(&cache, setup, &requirements, existing)?;
+            let (python, action) = venv::ensure_venv(&plan, progress)?;
+            (python, Some(plan.dir), action)
         }
         PythonExecutable::Path(path) => {
             check_given_interpreter(path, setup.require_dspy, &cache, &requirements)?;
-            (path.clone(), enclosing_venv(path))
+            (path.clone(), enclosing_venv(path), Action::Reused)
         }
     };
-    Ok(PythonEnv {
+    let env = PythonEnv {
         python,
         bridge_path,
         venv,
         requirements_hash: requirements.hash,
+    };
+    Ok((env, action))
+}
+
+/// Checks that the files installed in `env`'s venv are all there with their recorded
+/// sizes (a quick check: it does not hash them, see [`Existing::Verify`]). For telling a
+/// damaged venv apart from other reasons workers fail to start. An interpreter without a
+/// venv passes.
+///
+/// # Errors
+///
+/// [`EnvError::VenvDamaged`] naming the first damaged files and saying to run `dspex setup`.
+pub fn check_venv_files(env: &PythonEnv) -> Result<(), EnvError> {
+    let Some(venv) = &env.venv else {
+        return Ok(());
+    };
+    match record::check(venv, false) {
+        Ok((_, None)) => Ok(()),
+        Ok((_, Some(damage))) => Err(EnvError::VenvDamaged {
+            venv: venv.clone(),
+            summary: damage.summary(),
+            distributions: damage.distributions,
+        }),
+        Err(e) => Err(EnvError::VenvDamaged {
+            venv: venv.clone(),
+            summary: format!("its packages cannot be listed ({e})"),
+            distributions: Vec::new(),
+        }),
+    }
+}
+
+/// The version of the Python at `python` (`"3.11.7"`), which must be 3.9 or newer.
+///
+/// # Errors
+///
+/// [`EnvError::InterpreterNotFound`], [`EnvError::InterpreterFailed`] or
+/// [`EnvError::PythonTooOld`], each saying what to change.
+pub fn python_version(python: &Path) -> Result<String, EnvError> {
+    interpreter::check_interpreter(python).map(|v| v.to_string())
+}
+
+/// The Python that creates the managed venv (`DSPEX_BOOTSTRAP_PYTHON`, else `python3`,
+/// else `python` from `PATH`) and its version.
+///
+/// # Errors
+///
+/// [`EnvError::NoBootstrapPython`] saying what was tried.
+pub fn bootstrap_python() -> Result<(PathBuf, String), EnvError> {
+    interpreter::find_bootstrap(bootstrap_from_env()).map(|(path, v)| (path, v.to_string()))
+}
+
+/// `dspy.__version__` as `python` imports it.
+///
+/// # Errors
+///
+/// [`EnvError::DspyImport`] with the import's error output and how to repair it.
+pub fn dspy_version(python: &Path) -> Result<String, EnvError> {
+    interpreter::dspy_version(python).map_err(|tail| EnvError::DspyImport {
+        python: python.to_path_buf(),
+        tail,
+        hint: "run `dspex setup` to repair the managed environment, or install the bridge's \
+               requirements into that interpreter"
+            .into(),
     })
+}
+
+/// Where DSPy's disk cache lives by default: `<cache dir>/lm-cache`, created private.
+///
+/// # Errors
+///
+/// As for [`cache_dir`], plus [`EnvError::CacheNotWritable`] / [`EnvError::UntrustedCache`]
+/// when the directory cannot be created or is not private.
+pub fn lm_cache_dir() -> Result<PathBuf, EnvError> {
+    let cache = cache_dir()?;
+    trust::private_dir(&cache)?;
+    let dir = cache.join("lm-cache");
+    trust::private_dir(&dir)?;
+    Ok(dir)
+}
+
+fn bootstrap_from_env() -> Option<OsString> {
+    env::var_os("DSPEX_BOOTSTRAP_PYTHON").filter(|v| !v.is_empty())
 }
 
 /// The per-user cache directory: `$DSPEX_HOME`, else `$XDG_CACHE_HOME/dspex`, else
@@ -219,8 +355,10 @@ fn venv_plan<'a>(
     cache: &Path,
     setup: &PythonSetup,
     requirements: &'a Requirements,
+    existing: Existing,
 ) -> Result<venv::Plan<'a>, EnvError> {
     let venvs = cache.join("venvs");
+    trust::private_dir(&venvs)?;
     let (dir, lock, disposable) = match &setup.venv {
         None => (
             venvs.join(&requirements.hash),
@@ -244,7 +382,8 @@ fn venv_plan<'a>(
         disposable,
         requirements,
         require_dspy: setup.require_dspy,
-        bootstrap: env::var_os("DSPEX_BOOTSTRAP_PYTHON").filter(|v| !v.is_empty()),
+        bootstrap: bootstrap_from_env(),
+        existing,
     })
 }
 
@@ -260,9 +399,9 @@ fn check_given_interpreter(
     if !require_dspy {
         return Ok(());
     }
-    match interpreter::dspy_import_error(python) {
-        None => Ok(()),
-        Some(tail) => Err(EnvError::DspyImport {
+    match interpreter::dspy_version(python) {
+        Ok(_) => Ok(()),
+        Err(tail) => Err(EnvError::DspyImport {
             python: python.to_path_buf(),
             tail,
             hint: format!(
@@ -288,7 +427,8 @@ fn requirements_file_for_hint(cache: &Path, requirements: &Requirements) -> Path
             requirements.hash,
             std::process::id()
         ));
-        let written = fs::create_dir_all(&dir)
+        let written = trust::private_dir(&dir)
+            .map_err(std::io::Error::other)
             .and_then(|()| fs::write(&staging, &requirements.text))
             .and_then(|()| fs::rename(&staging, &path));
         if let Err(e) = written {

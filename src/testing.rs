@@ -200,12 +200,7 @@ pub struct LmSettings {
 impl LmSettings {
     /// The offline `dummy` model with the defaults of `config/dspex.toml`.
     pub fn dummy() -> Self {
-        LmSettings::from(&LmConfig {
-            model: "dummy".into(),
-            api_key_env: None,
-            temperature: 0.0,
-            max_tokens: 1024,
-        })
+        LmSettings::from(&crate::config::Config::default().lm)
     }
 
     /// Checks the settings the way the configuration does, so a bad value fails at

@@ -9,7 +9,7 @@ use predicates::prelude::*;
 use serde_json::{json, Value};
 
 /// `dspex` run in `dir`, inheriting no config file and no config variables.
-fn dspex(dir: &Path) -> assert_cmd::Command {
+fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(cargo_bin("dspex"));
     cmd.current_dir(dir).env_remove("DSPEX_CONFIG");
     for (name, _) in std::env::vars_os() {
@@ -18,7 +18,11 @@ fn dspex(dir: &Path) -> assert_cmd::Command {
             cmd.env_remove(name.as_ref());
         }
     }
-    assert_cmd::Command::from_std(cmd)
+    cmd
+}
+
+fn dspex(dir: &Path) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(command(dir))
 }
 
 fn stdout_json(output: &std::process::Output) -> Value {
@@ -43,6 +47,15 @@ def word_count(args):
 @command("fail_on_purpose")
 def fail(args):
     raise ValueError("the handler refused " + repr(args.get("why")))
+
+
+@command
+def worker_settings(args):
+    import json, os, resource
+    return {
+        "address_space": resource.getrlimit(resource.RLIMIT_AS)[0],
+        "lm": json.loads(os.environ["DSPEX_LM"]),
+    }
 "#,
     )
     .unwrap();
@@ -108,6 +121,67 @@ fn call_reports_a_python_error_with_its_type_and_exits_1() {
         .stderr(predicate::str::contains(
             "python error ValueError: the handler refused 'test'",
         ));
+}
+
+#[test]
+fn call_reads_its_args_from_a_file_with_an_at_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = handler_config(dir.path());
+    // Too long and too quoted for a command line: the reason for @FILE.
+    let text = "one two \"three\" ".repeat(2000);
+    std::fs::write(
+        dir.path().join("args.json"),
+        serde_json::to_string_pretty(&json!({ "text": text })).unwrap(),
+    )
+    .unwrap();
+    let out = dspex(dir.path())
+        .args(["call", "word_count", "--args", "@args.json", "--config"])
+        .arg(&config)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    assert_eq!(stdout_json(&out), json!({"words": 6000}));
+    dspex(dir.path())
+        .args(["call", "echo", "--args", "@missing.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cannot read --args from `missing.json`",
+        ));
+}
+
+#[test]
+fn workers_get_the_memory_limit_and_every_lm_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = handler_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("[pool]\n", "[pool]\nworker_memory_limit = \"3GiB\"\n");
+    text.push_str(
+        "[lm]\napi_base = \"http://127.0.0.1:9/v1\"\ntimeout = \"7s\"\nnum_retries = 5\n\
+         extra = { top_p = 0.5 }\ncache = \"disk\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dspex(dir.path())
+        .args(["call", "worker_settings", "--config"])
+        .arg(&config)
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let settings = stdout_json(&out);
+    assert_eq!(settings["address_space"], 3u64 << 30);
+    let lm = &settings["lm"];
+    assert_eq!(lm["api_base"], "http://127.0.0.1:9/v1");
+    assert_eq!(lm["timeout"], 7.0);
+    assert_eq!(lm["num_retries"], 5);
+    assert_eq!(lm["extra"], json!({"top_p": 0.5}));
+    assert_eq!(lm["cache"], "disk");
+    let cache_dir = dspex::python_env::cache_dir().unwrap().join("lm-cache");
+    assert_eq!(lm["cache_dir"], cache_dir.display().to_string());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the LM cache is private");
 }
 
 #[test]
@@ -226,7 +300,11 @@ fn setup_is_idempotent_and_prints_where_the_venv_is() {
         .arg("setup")
         .assert()
         .code(0)
-        .stderr(predicate::str::contains("verified; dspy"))
+        .stderr(
+            predicate::str::contains("python environment verified (").and(
+                predicate::str::is_match(r"\(\d+ files of \d+ packages intact\); dspy").unwrap(),
+            ),
+        )
         .get_output()
         .clone();
     assert_eq!(
@@ -244,7 +322,7 @@ fn setup_is_idempotent_and_prints_where_the_venv_is() {
 #[test]
 fn every_subcommand_help_shows_an_example() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["run", "call", "setup", "doctor", "status"] {
+    for sub in ["run", "merge", "call", "setup", "doctor", "status"] {
         dspex(dir.path())
             .args([sub, "--help"])
             .assert()
@@ -253,5 +331,131 @@ fn every_subcommand_help_shows_an_example() {
                 predicate::str::contains("Examples:")
                     .and(predicate::str::contains(format!("dspex {sub}"))),
             );
+    }
+}
+
+/// A copy of the shared managed venv in a fresh `DSPEX_HOME`, so a test can damage it.
+fn copy_of_the_shared_venv() -> (tempfile::TempDir, PathBuf) {
+    use dspex::python_env::{ensure, PythonSetup};
+    let shared = ensure(&PythonSetup::default(), &mut |_| {}).expect("the shared venv");
+    let shared = shared.venv.expect("a managed venv");
+    let home = tempfile::tempdir().unwrap();
+    let venvs = home.path().join("venvs");
+    std::fs::create_dir(&venvs).unwrap();
+    let copy = venvs.join(shared.file_name().unwrap());
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&shared)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (home, copy)
+}
+
+/// `<venv>/lib/pythonX.Y/site-packages`.
+fn site_packages(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let python = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+        })
+        .unwrap();
+    python.join("site-packages")
+}
+
+#[test]
+fn a_damaged_venv_fails_a_run_pointing_at_setup_which_repairs_it() {
+    let (home, venv) = copy_of_the_shared_venv();
+    let site = site_packages(&venv);
+    let version = std::fs::read_dir(&site)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find_map(|n| {
+            n.strip_prefix("dspy-")
+                .and_then(|v| v.strip_suffix(".dist-info"))
+                .map(str::to_owned)
+        })
+        .expect("dspy's dist-info");
+    let damaged = site.join("dspy/predict/predict.py");
+    std::fs::remove_file(&damaged).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"question\": \"q\"}\n").unwrap();
+
+    let out = dspex(dir.path())
+        .env("DSPEX_HOME", home.path())
+        .args([
+            "run",
+            "-s",
+            "question -> answer",
+            "-w",
+            "1",
+            "-i",
+            "in.jsonl",
+        ])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    assert!(
+        stderr.contains("dspy/predict/predict.py is missing"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run `dspex setup` to repair it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("python.handlers"), "{stderr}");
+
+    dspex(dir.path())
+        .env("DSPEX_HOME", home.path())
+        .arg("setup")
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains(format!(
+            "python environment repaired (reinstalled dspy=={version})"
+        )));
+    assert!(damaged.is_file(), "setup put the file back");
+    dspex(dir.path())
+        .env("DSPEX_HOME", home.path())
+        .args([
+            "run",
+            "-s",
+            "question -> answer",
+            "-w",
+            "1",
+            "-i",
+            "in.jsonl",
+        ])
+        .assert()
+        .code(0);
+}
+
+#[test]
+fn a_reader_that_went_away_ends_call_and_status_quietly_with_141() {
+    use std::os::fd::FromRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["call", "ping"][..], &["status", "--json"]] {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // `dspex status | head -0`: the reading end is gone before anything is written.
+        unsafe { libc::close(fds[0]) };
+        let stdout = unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) };
+        let out = command(dir.path())
+            .args(args)
+            .env("DSPEX_POOL__SIZE", "1")
+            .stdout(std::process::Stdio::from(stdout))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

@@ -486,3 +486,164 @@ fn concurrent_unpack_agrees_and_leaves_no_staging_dirs() {
         .collect();
     assert_eq!(entries, vec![paths[0].clone()]);
 }
+
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn cache_directories_are_created_private() {
+    let sandbox = Sandbox::new("");
+    let (env, _) = sandbox.ensure(&sandbox.auto());
+    let env = env.expect("ensure");
+    let cache = sandbox.cache();
+    for dir in [
+        cache.clone(),
+        cache.join("bridge"),
+        env.bridge_path.clone(),
+        cache.join("venvs"),
+        env.venv.clone().unwrap(),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{} is not private", dir.display());
+    }
+}
+
+#[test]
+fn a_cache_others_can_write_to_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new("");
+    let cache = sandbox.cache();
+    fs::create_dir_all(&cache).unwrap();
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).unwrap();
+
+    let err = sandbox
+        .ensure(&sandbox.auto())
+        .0
+        .expect_err("world-writable cache");
+
+    assert!(matches!(err, EnvError::UntrustedCache { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&cache.display().to_string()), "{message}");
+    assert!(
+        message.contains("other users can write to it (mode 0777)"),
+        "{message}"
+    );
+    assert!(message.contains("chmod go-w"), "{message}");
+    assert!(!cache.join("venvs").exists(), "nothing was built in it");
+
+    // A private cache that belongs to someone else is refused too (only root can make one).
+    fs::set_permissions(&cache, fs::Permissions::from_mode(0o700)).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        let path = std::ffi::CString::new(cache.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
+        let err = sandbox
+            .ensure(&sandbox.auto())
+            .0
+            .expect_err("foreign cache");
+        assert!(
+            err.to_string()
+                .contains("belongs to another user (uid 65534"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_tampered_bridge_is_replaced_by_a_fresh_copy() {
+    let cache = tempfile::tempdir().unwrap();
+    let bridge = unpack_bridge(cache.path()).expect("unpack");
+    let worker = bridge.join("dspex_bridge/worker.py");
+    fs::write(&worker, "raise SystemExit('tampered')\n").unwrap();
+    fs::write(bridge.join("dspy.py"), "print('planted')\n").unwrap();
+
+    let again = unpack_bridge(cache.path()).expect("unpack over the tampered copy");
+
+    assert_eq!(again, bridge);
+    assert!(
+        !bridge.join("dspy.py").exists(),
+        "the planted module is gone"
+    );
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/dspex_bridge");
+    assert_eq!(
+        fs::read(&worker).unwrap(),
+        fs::read(sources.join("worker.py")).unwrap()
+    );
+    let entries: Vec<_> = fs::read_dir(cache.path().join("bridge"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries, vec![bridge], "no staging or discarded copies left");
+}
+
+/// A file pip installed in `venv` (inside the `pip` package, present in any venv).
+fn pip_file(venv: &Path) -> PathBuf {
+    let lib = venv.join("lib");
+    let python = fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+        })
+        .unwrap();
+    python.join("site-packages/pip/__init__.py")
+}
+
+#[test]
+fn verify_finds_a_deleted_package_file_and_rebuilds_the_venv() {
+    use dspex::python_env::{check_venv_files, prepare, Action, Existing};
+    let sandbox = Sandbox::new("");
+    let (env, _) = sandbox.ensure(&sandbox.auto());
+    let env = env.expect("ensure");
+    check_venv_files(&env).expect("a fresh venv is intact");
+    let mut recorded = Recorded::default();
+    let (_, action) = prepare(&sandbox.auto(), Existing::Verify, &mut recorded.sink()).unwrap();
+    assert!(
+        matches!(action, Action::Verified { files, .. } if files > 100),
+        "{action:?}"
+    );
+
+    let damaged = pip_file(env.venv.as_ref().unwrap());
+    fs::remove_file(&damaged).unwrap();
+    // The marker still says ready, so a plain start reuses it; the quick check finds it.
+    let err = check_venv_files(&env).expect_err("a file is missing");
+    let message = err.to_string();
+    assert!(matches!(err, EnvError::VenvDamaged { .. }), "{err:?}");
+    assert!(message.contains("pip/__init__.py is missing"), "{message}");
+    assert!(message.contains("run `dspex setup`"), "{message}");
+
+    let mut recorded = Recorded::default();
+    let (repaired, action) =
+        prepare(&sandbox.auto(), Existing::Verify, &mut recorded.sink()).expect("repaired");
+    // pip cannot reinstall itself, so the cache's venv is rebuilt from scratch.
+    assert_eq!(action, Action::Built);
+    assert_eq!(recorded.count_steps("to rebuild it"), 1, "{recorded:?}");
+    assert!(damaged.is_file());
+    check_venv_files(&repaired).expect("intact after the repair");
+}
+
+#[test]
+fn rebuild_recreates_an_intact_venv() {
+    use dspex::python_env::{prepare, Action, Existing};
+    let sandbox = Sandbox::new("");
+    let env = sandbox.ensure(&sandbox.auto()).0.expect("ensure");
+    let venv = env.venv.clone().unwrap();
+    fs::write(venv.join("left-over"), "").unwrap();
+
+    let mut recorded = Recorded::default();
+    let (rebuilt, action) =
+        prepare(&sandbox.auto(), Existing::Rebuild, &mut recorded.sink()).expect("rebuilt");
+
+    assert_eq!(action, Action::Built);
+    assert_eq!(rebuilt, env);
+    assert!(
+        !venv.join("left-over").exists(),
+        "the old venv was not removed"
+    );
+    assert!(venv.join("dspex-ready.json").is_file());
+    assert!(same_dir(&sys_prefix(&rebuilt.python), &venv));
+}

@@ -5,11 +5,11 @@
 //! up follow-on errors, and the first `FAIL` line is the thing to fix.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
 
 use clap::Args;
 use dspex::config::{Config, PythonExecutable};
-use dspex::python_env::PythonEnv;
+use dspex::python_env::{self, EnvError, PythonEnv};
 use dspex::{ModuleKind, Signature, System};
 use serde_json::json;
 
@@ -22,7 +22,8 @@ Examples:
   DSPEX_PYTHON__EXECUTABLE=/usr/bin/python3 dspex doctor
 
 Checks, in order: the configuration, the Python interpreter and its version, the venv
-(created on first use when python.executable = \"auto\"), that dspy imports, a handshake
+(created on first use when python.executable = \"auto\"; its installed files are all
+there), that dspy imports, a handshake
 with one real worker, a DSPy program built (and, with the dummy LM, run) by that worker,
 and the LM's API key. One line per check: ok, FAIL with how to fix it, or skip when an
 earlier failure makes it pointless. Exit status 0 only when every check passes.";
@@ -77,7 +78,8 @@ impl Report {
     fn record(&mut self, name: &'static str, verdict: Verdict) -> bool {
         let passed = matches!(verdict, Verdict::Ok(_));
         self.failed |= matches!(verdict, Verdict::Fail { .. });
-        println!("{}", Check { name, verdict });
+        // A reader that went away must not turn a diagnosis into a panic.
+        let _ = writeln!(std::io::stdout(), "{}", Check { name, verdict });
         passed
     }
 
@@ -161,8 +163,21 @@ async fn run_python_checks(config: &Config, report: &mut Report) {
             env.bridge_path.display()
         ),
     };
+    let checked = env.clone();
+    if let Err(e) = blocking(move || python_env::check_venv_files(&checked)).await {
+        report.record(
+            "venv",
+            fail(
+                e,
+                "run `dspex setup` (or `dspex setup --force` to rebuild it)",
+            ),
+        );
+        report.skip(&["dspy", "worker", "program"], "needs an intact venv");
+        return;
+    }
     report.record("venv", Verdict::Ok(venv));
-    let dspy_ok = match python::dspy_version(&env.python).await {
+    let python = env.python.clone();
+    let dspy_ok = match blocking(move || python_env::dspy_version(&python)).await {
         Ok(version) => report.record("dspy", Verdict::Ok(format!("dspy {version} imports"))),
         Err(e) => report.record(
             "dspy",
@@ -175,76 +190,47 @@ async fn run_python_checks(config: &Config, report: &mut Report) {
     check_worker(config, env, dspy_ok, report).await;
 }
 
-/// The interpreter that runs the workers (or, for "auto", creates their venv).
-async fn check_interpreter(config: &Config) -> Verdict {
-    let (python, role) = match &config.python.executable {
-        PythonExecutable::Path(path) => (path.clone(), "python.executable"),
-        PythonExecutable::Auto => (
-            std::env::var_os("DSPEX_BOOTSTRAP_PYTHON")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("python3")),
-            "creates the managed venv",
-        ),
-    };
-    let fix = match &config.python.executable {
-        PythonExecutable::Path(_) => {
-            "set python.executable to an existing Python 3.9+ interpreter (e.g. \"python3\" or \
-             \"/usr/bin/python3\"), or to \"auto\" for a venv managed by dspex"
-        }
-        PythonExecutable::Auto => {
-            "install Python 3.9+ with the venv module (e.g. apt-get install python3 \
-             python3-venv), or set DSPEX_BOOTSTRAP_PYTHON to one"
-        }
-    };
-    let is_path = python.components().count() > 1;
-    if is_path && !python.exists() {
-        return fail(
-            format!("interpreter `{}` does not exist", python.display()),
-            fix,
-        );
-    }
-    match probe_version(&python).await {
-        Ok((version, (major, minor))) if (major, minor) >= (3, 9) => {
-            Verdict::Ok(format!("{} is Python {version} ({role})", python.display()))
-        }
-        Ok((version, _)) => fail(
-            format!(
-                "`{}` is Python {version}; dspex needs 3.9 or newer",
-                python.display()
-            ),
-            fix,
-        ),
-        Err(problem) => fail(problem, fix),
+/// Runs a blocking `python_env` check off the async thread.
+async fn blocking<T: Send + 'static>(
+    check: impl FnOnce() -> Result<T, EnvError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(check).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the check stopped unexpectedly: {e}")),
     }
 }
 
-/// `python`'s version, as text and as (major, minor).
-async fn probe_version(python: &Path) -> Result<(String, (u32, u32)), String> {
-    let output = tokio::process::Command::new(python)
-        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("interpreter `{}` not found", python.display())
+/// The interpreter that runs the workers (or, for "auto", creates their venv). The probe
+/// is `python_env`'s, so doctor and a run agree on what counts as a usable Python.
+async fn check_interpreter(config: &Config) -> Verdict {
+    match &config.python.executable {
+        PythonExecutable::Path(path) => {
+            let python = path.clone();
+            match blocking(move || python_env::python_version(&python)).await {
+                Ok(version) => Verdict::Ok(format!(
+                    "{} is Python {version} (python.executable)",
+                    path.display()
+                )),
+                Err(problem) => fail(
+                    problem,
+                    "set python.executable to an existing Python 3.9+ interpreter (e.g. \
+                     \"python3\" or \"/usr/bin/python3\"), or to \"auto\" for a venv managed \
+                     by dspex",
+                ),
             }
-            _ => format!("cannot run `{}`: {e}", python.display()),
-        })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!(
-            "`{}` does not run Python ({}): {}",
-            python.display(),
-            output.status,
-            stderr.lines().last().unwrap_or("no error output").trim()
-        ));
+        }
+        PythonExecutable::Auto => match blocking(python_env::bootstrap_python).await {
+            Ok((python, version)) => Verdict::Ok(format!(
+                "{} is Python {version} (creates the managed venv)",
+                python.display()
+            )),
+            Err(problem) => fail(
+                problem,
+                "install Python 3.9+ with the venv module (e.g. apt-get install python3 \
+                 python3-venv), or set DSPEX_BOOTSTRAP_PYTHON to one",
+            ),
+        },
     }
-    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let major_minor = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    Ok((version, major_minor))
 }
 
 /// A handshake with one real worker, then a DSPy program built on it.

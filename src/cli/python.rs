@@ -8,35 +8,32 @@
 use std::time::Duration;
 
 use dspex::config::Config;
-use dspex::python_env::{self, Progress, PythonEnv};
+use dspex::python_env::{self, Action, Existing, Progress, PythonEnv};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
 
-/// What [`prepare`] did, for `dspex setup` to report.
-pub struct Prepared {
-    pub env: PythonEnv,
-    /// Whether anything was created or installed (false: an existing venv was reused).
-    pub changed: bool,
-}
-
 /// [`python_env::ensure`] for `config`, off the async threads, with progress on stderr.
 pub async fn prepare(config: &Config, require_dspy: bool) -> Result<PythonEnv, CliError> {
-    Ok(prepare_reporting(config, require_dspy).await?.env)
+    Ok(prepare_reporting(config, require_dspy, Existing::Reuse)
+        .await?
+        .0)
 }
 
-/// [`prepare`], also saying whether anything had to be built.
-pub async fn prepare_reporting(config: &Config, require_dspy: bool) -> Result<Prepared, CliError> {
+/// [`python_env::prepare`]: like [`prepare`], treating an existing venv as `existing`
+/// says, and saying what was done.
+pub async fn prepare_reporting(
+    config: &Config,
+    require_dspy: bool,
+    existing: Existing,
+) -> Result<(PythonEnv, Action), CliError> {
     let setup = dspex::launch::python_setup(config, require_dspy);
     let terminal = super::stderr_is_terminal();
     let joined = tokio::task::spawn_blocking(move || {
         let mut display = Display::new(terminal);
-        let result = python_env::ensure(&setup, &mut |p| display.show(p));
+        let result = python_env::prepare(&setup, existing, &mut |p| display.show(p));
         display.finish();
-        result.map(|env| Prepared {
-            env,
-            changed: display.reported,
-        })
+        result
     })
     .await;
     match joined {
@@ -51,8 +48,6 @@ pub async fn prepare_reporting(config: &Config, require_dspy: bool) -> Result<Pr
 struct Display {
     spinner: Option<ProgressBar>,
     terminal: bool,
-    /// Whether anything was reported (`ensure` reports nothing for a ready venv).
-    reported: bool,
 }
 
 impl Display {
@@ -60,7 +55,6 @@ impl Display {
         Display {
             spinner: None,
             terminal,
-            reported: false,
         }
     }
 
@@ -76,7 +70,6 @@ impl Display {
     }
 
     fn show(&mut self, progress: Progress<'_>) {
-        self.reported = true;
         match (progress, self.terminal) {
             (Progress::Step(step), true) => {
                 let spinner = self.spinner();
@@ -91,9 +84,11 @@ impl Display {
                 if let Some(spinner) = self.spinner.take() {
                     spinner.finish_and_clear();
                 }
-                eprintln!("dspex: {done}");
+                super::note(format_args!("dspex: {done}"));
             }
-            (Progress::Step(s) | Progress::Done(s), false) => eprintln!("dspex: {s}"),
+            (Progress::Step(s) | Progress::Done(s), false) => {
+                super::note(format_args!("dspex: {s}"))
+            }
             (Progress::Line(line), false) => log::debug!("python setup: {line}"),
         }
     }
@@ -103,30 +98,4 @@ impl Display {
             spinner.finish_and_clear();
         }
     }
-}
-
-/// `dspy.__version__` as `python` imports it; the error says how to repair the venv.
-pub async fn dspy_version(python: &std::path::Path) -> Result<String, CliError> {
-    let output = tokio::process::Command::new(python)
-        .args(["-c", "import dspy; print(dspy.__version__)"])
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| CliError::Io {
-            action: "run",
-            path: python.to_owned(),
-            source,
-        })?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.lines().last().unwrap_or("no error output").trim();
-    Err(CliError::Dspex(dspex::Error::Environment(format!(
-        "`{}` cannot import dspy ({last}); reinstall it with `{} -m pip install -r <requirements>`, \
-         or delete that venv and run `dspex setup` again",
-        python.display(),
-        python.display()
-    ))))
 }

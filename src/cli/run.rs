@@ -1,41 +1,42 @@
 //! `dspex run`: a DSPy program over a JSONL dataset, the CLI's main job.
 //!
 //! Everything that can be wrong with the command line is found before Python starts or
-//! the output file is touched (exit 2, nothing written). Then rows stream through the
-//! pool: the input is read lazily, about two rows per worker are in flight, finished
-//! rows wait in a reorder buffer until their predecessors are written, and the output is
-//! flushed as it grows. A signal stops the reading, gives in-flight rows
-//! `shutdown.graceful_timeout` to finish, fails the rest, and leaves the output a valid
-//! JSONL prefix of the input.
+//! the output file is touched (exit 2, nothing written): the program source, the
+//! configuration, the input, whether the output is the input or cannot be written, and
+//! for `--resume` whether the output belongs to this input. Then the run loop
+//! (`run_loop`) streams rows through the pool and writes them in input order.
+//!
+//! An output file gets a sidecar (`sidecar`) naming the input and program it belongs to,
+//! which is what lets `--resume` complete an interrupted run and `dspex merge` join the
+//! outputs of `--shard` runs. A signal stops the reading, gives in-flight rows
+//! `shutdown.graceful_timeout` to finish, fails the rest as `shutting_down`, and leaves
+//! the output valid JSONL that `--resume` completes.
 
 mod input;
+mod output;
 mod progress;
 mod reorder;
+pub mod resume;
 mod rows;
+mod run_loop;
+pub mod sidecar;
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::future::Future;
-use std::io::{BufWriter, Write};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use dspex::config::Config;
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
-use serde_json::Value;
-use tokio::io::{AsyncBufRead, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
-use self::input::Lines;
+use self::input::Input;
+use self::output::Target;
 use self::progress::RunProgress;
-use self::reorder::Reorder;
+use self::resume::Previous;
 pub use self::rows::RowError;
-use super::source::{RowOutput, Runner, SourceArgs, SourcePlan};
-use super::{CliError, ConfigArgs, Outcome, Signal};
+use self::run_loop::RunLoop;
+use self::sidecar::{InputRecord, Shard, Sidecar};
+use super::source::{Runner, SourceArgs, SourcePlan};
+use super::{note, CliError, ConfigArgs, Outcome, Signal};
 
 pub const HELP: &str = "\
 Examples:
@@ -43,21 +44,39 @@ Examples:
   dspex run -s 'review -> sentiment: Literal[\"positive\", \"negative\", \"neutral\"], confidence: float' \\
       -i examples/reviews.jsonl -o out.jsonl --workers 4
   cat rows.jsonl | dspex run -s \"question -> answer\" -m chain_of_thought -i - --lm openai/gpt-4o-mini
+  dspex run -s \"question -> answer\" -i big.jsonl -o out.jsonl --resume   # after a crash
+  dspex run -s \"question -> answer\" -i big.jsonl -o part-1.jsonl --shard 1/4
 
-Input: one JSON object per line. The signature's input fields are taken from each object;
+Input: one JSON object per line. The program's input fields are taken from each object;
 other keys (an \"id\", labels) are ignored. Blank lines are skipped and get no output line.
+A line longer than run.max_line_bytes fails its row as \"input\" without being read into
+memory (it ends at its newline, or at the end of the input).
 Output: one line per input row, in input order, written as soon as it is ready:
-  {\"index\": 0, \"id\": <the row's \"id\" or null>, \"outputs\": {...}}
+  {\"index\": 0, \"id\": <the row's \"id\", exactly as written, or null>, \"outputs\": {...}, \"usage\": {...}}
   {\"index\": 1, \"id\": ..., \"error\": {\"kind\": \"validation\", \"message\": \"...\"}}
-index counts rows from 0. A line that is not a JSON object fails as kind \"input\", a row
+index counts non-blank lines from 0. \"usage\" (tokens, cost when known) appears when
+the row made LM calls. A line that is not a JSON object fails as kind \"input\", a row
 with a missing or mistyped input as \"validation\" (checked before anything is sent).
+An output file gets a sidecar OUT.dspex.json recording the input (size, SHA-256), the
+program's digest and the shard, for --resume and `dspex merge`.
 
-Exit status: 0 every row ok, 1 some rows failed, 2 bad flags/config/signature/input or
-Python could not be set up (nothing is written then), 130 on SIGINT, 143 on SIGTERM,
-141 when the reader of standard output goes away (e.g. `| head`).
+Resuming: --resume keeps the rows already in the output (a torn last line is dropped,
+rows stopped by a signal run again, failed rows too with --retry-failed), runs the
+missing ones and replaces the output with the complete one, in input order (written to
+OUT.dspex-resume.tmp first, so a crash during the resume loses nothing). Resuming
+against another input, program or shard is refused. Without an output yet, --resume
+is a normal run, so a job can always be started with it.
+Sharding: --shard K/N runs the rows whose index is K modulo N; `dspex merge OUT
+SHARD...` joins the shards' outputs in order (see examples/deploy/).
+
+Exit status: 0 every row ok, 1 some rows failed, 2 bad flags/config/signature/input,
+an output that cannot be written (a full disk: the output keeps whole rows only and the
+message says how many), or Python could not be set up (nothing is written then), 130
+on SIGINT, 143 on SIGTERM, 141 when the reader of standard output goes away (`| head`).
 On SIGINT/SIGTERM no more rows are read, rows in flight get shutdown.graceful_timeout to
-finish (a second signal stops waiting), and the output is a valid prefix of the input.
-A summary line goes to stderr at the end; DSPEX_REPORT_CPU=1 adds dspex's own CPU time.";
+finish (a second signal stops waiting), the rest are written as \"shutting_down\".
+A summary line goes to stderr at the end (with token totals); --report-cpu adds
+dspex's own CPU time.";
 
 /// Flags of `dspex run`.
 #[derive(Debug, Args)]
@@ -76,6 +95,18 @@ pub struct RunArgs {
     /// The language model (sets lm.model): "dummy" or a DSPy/LiteLLM model string.
     #[arg(long, value_name = "MODEL")]
     lm: Option<String>,
+    /// Complete an interrupted output: keep its rows, run the missing ones.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume, run the rows that failed again too.
+    #[arg(long, requires = "resume")]
+    retry_failed: bool,
+    /// Run only the rows whose index is K modulo N (0 <= K < N), e.g. 0/4.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// Add dspex's own CPU time (user + system, per row) to the summary line.
+    #[arg(long)]
+    report_cpu: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -101,110 +132,107 @@ struct Plan {
     source: SourcePlan,
     config: Config,
     input: Input,
-    output: PathBuf,
+    target: Target,
+    /// The input's size and hash, for an output that gets a sidecar.
+    record: Option<InputRecord>,
+    shard: Option<Shard>,
+    resume: Option<Resume>,
+    report_cpu: bool,
 }
 
-type Reader = Box<dyn AsyncBufRead + Unpin + Send>;
-
-struct Input {
-    reader: Reader,
-    /// The size of a regular input file, for the progress bar.
-    len: Option<u64>,
+/// What `--resume` found in the output it completes.
+struct Resume {
+    sidecar: Sidecar,
+    previous: Previous,
 }
 
 /// Checks everything the command line names, in the order a user would fix them.
 fn plan(args: RunArgs) -> Result<Plan, CliError> {
     let source = args.source.plan()?;
     let config = args.config.load(&args.overrides())?;
-    let input = open_input(&args.input)?;
-    check_output(&args.output, &args.input)?;
+    let input = input::open(&args.input)?;
+    let target = Target::check(&args.output, input.identity, args.resume)?;
+    // Only a regular file can be hashed (a device like /dev/zero never ends) and read
+    // again by a resume; other inputs get a record without a hash.
+    let record = match (target.is_regular(), input.len.is_some()) {
+        (true, true) => Some(InputRecord::of(&args.input)?),
+        (true, false) => Some(InputRecord::of(Path::new("-"))?),
+        (false, _) => None,
+    };
+    let resume = match (&record, args.resume) {
+        (Some(record), true) => resumable(&args, record, digest_before_start(&source))?,
+        (None, true) => {
+            return Err(CliError::Usage(format!(
+                "--resume completes an output file, and `{}` is not a regular file",
+                args.output.display()
+            )))
+        }
+        (_, false) => None,
+    };
     Ok(Plan {
         source,
         config,
         input,
-        output: args.output,
+        target,
+        record,
+        shard: args.shard,
+        resume,
+        report_cpu: args.report_cpu,
     })
 }
 
-fn open_input(path: &Path) -> Result<Input, CliError> {
-    if path == Path::new("-") {
-        // A duplicate of fd 0 read through tokio's file reader (on its blocking pool),
-        // which works for pipes and terminals alike.
-        let fd = std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| CliError::Io {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            })?;
-        return Ok(Input {
-            reader: Box::new(BufReader::with_capacity(
-                64 * 1024,
-                tokio::fs::File::from_std(File::from(fd)),
-            )),
-            len: None,
-        });
+/// The program's digest when it is known without Python (a program, whose definition
+/// digest depends only on the flags and the state file; a command's is checked once the
+/// runner exists).
+fn digest_before_start(source: &SourcePlan) -> Option<String> {
+    match source {
+        SourcePlan::Program(spec) => spec
+            .resolve(super::source::PROGRAM)
+            .ok()
+            .map(|def| def.digest().to_owned()),
+        SourcePlan::Command(_) => None,
     }
-    let io_error = |source| CliError::Io {
-        action: "read input file",
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_error)?;
-    let meta = file.metadata().map_err(io_error)?;
-    if meta.is_dir() {
-        return Err(CliError::Usage(format!(
-            "cannot read input file `{}`: it is a directory",
-            path.display()
-        )));
-    }
-    Ok(Input {
-        reader: Box::new(BufReader::with_capacity(
-            64 * 1024,
-            tokio::fs::File::from_std(file),
-        )),
-        len: meta.is_file().then_some(meta.len()),
-    })
 }
 
-/// The output file is only created once Python is up; check now that it can be.
-fn check_output(output: &Path, input: &Path) -> Result<(), CliError> {
-    if output == Path::new("-") {
-        return Ok(());
+/// What an existing output holds for `--resume`, once it is known to belong to this
+/// input, shard and (when `digest` is known already) program. No output yet: `None`, a
+/// normal run.
+fn resumable(
+    args: &RunArgs,
+    record: &InputRecord,
+    digest: Option<String>,
+) -> Result<Option<Resume>, CliError> {
+    let output = &args.output;
+    if record.sha256.is_none() {
+        return Err(CliError::Usage(
+            "--resume needs --input FILE, a regular file: standard input or a device cannot be \
+             read a second time to find the rows that are missing"
+                .into(),
+        ));
     }
-    if output.is_dir() {
+    if !output.exists() {
+        return Ok(None);
+    }
+    let sidecar = Sidecar::read(output)?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "cannot resume `{}`: it has no run record `{}`, so it cannot be checked against \
+             the input; run without --resume to start over",
+            output.display(),
+            Sidecar::path_for(output).display()
+        ))
+    })?;
+    if let Some(why) = sidecar.mismatch(record, digest.as_deref(), args.shard) {
         return Err(CliError::Usage(format!(
-            "cannot write output file `{}`: it is a directory",
+            "cannot resume `{}`: {why}",
             output.display()
         )));
     }
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(CliError::Usage(format!(
-            "cannot write output file `{}`: directory `{}` does not exist",
-            output.display(),
-            parent.display()
-        )));
-    }
-    if input != Path::new("-") {
-        if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
-            if a == b {
-                return Err(CliError::Usage(format!(
-                    "--output `{}` is the input file; writing it would destroy the input",
-                    output.display()
-                )));
-            }
-        }
-    }
-    Ok(())
+    let previous = Previous::scan(output, args.retry_failed)?;
+    Ok(Some(Resume { sidecar, previous }))
 }
 
 /// SIGINT and SIGTERM as one stream. Installed by the binary only, never the library.
-struct Signals {
+pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
@@ -225,7 +253,7 @@ impl Signals {
     }
 
     /// The next signal (cancel safe).
-    async fn recv(&mut self) -> Signal {
+    pub async fn recv(&mut self) -> Signal {
         tokio::select! {
             _ = self.interrupt.recv() => Signal::Interrupt,
             _ = self.terminate.recv() => Signal::Terminate,
@@ -235,13 +263,15 @@ impl Signals {
 
 pub async fn run(args: RunArgs) -> Result<Outcome, CliError> {
     let plan = plan(args)?;
+    if let Some(outcome) = already_complete(&plan) {
+        return Ok(outcome);
+    }
     let mut signals = Signals::install()?;
-    let config = plan.config.clone();
-    let begun = std::time::Instant::now();
+    let begun = Instant::now();
     let runner = tokio::select! {
         runner = start(&plan) => runner?,
         signal = signals.recv() => {
-            eprintln!("dspex: stopped by {} while starting", signal.name());
+            note(format_args!("dspex: stopped by {} while starting", signal.name()));
             return Ok(Outcome::Interrupted(signal));
         }
     };
@@ -249,24 +279,49 @@ pub async fn run(args: RunArgs) -> Result<Outcome, CliError> {
         Runner::Program(program) => program.session().system().clone(),
         Runner::Command { session, .. } => session.system().clone(),
     };
-    let result = stream(plan, &runner, &mut signals, begun.elapsed()).await;
+    let graceful = plan.config.shutdown.graceful_timeout;
+    let report_cpu = plan.report_cpu;
+    let result = execute(plan, &runner, &mut signals, begun.elapsed()).await;
     let graceful = match result {
         // After a signal the in-flight rows already had their grace period.
-        Ok((Outcome::Interrupted(_), _)) => Duration::ZERO,
-        _ => config.shutdown.graceful_timeout,
+        Ok(ref ended) if matches!(ended.outcome, Outcome::Interrupted(_)) => Duration::ZERO,
+        _ => graceful,
     };
     let _ = system.shutdown(graceful).await;
-    let (outcome, progress) = result?;
-    let stopped_by = match outcome {
+    let ended = result?;
+    let stopped_by = match ended.outcome {
         Outcome::Interrupted(signal) => Some(signal.name()),
         _ => None,
     };
-    progress.finish(stopped_by, report_cpu());
-    Ok(outcome)
+    ended.progress.finish(stopped_by, report_cpu);
+    Ok(ended.outcome)
 }
 
-fn report_cpu() -> bool {
-    std::env::var("DSPEX_REPORT_CPU").is_ok_and(|v| !v.is_empty() && v != "0")
+/// A resume of an output that already has every row: nothing to start. Only for a
+/// program, whose digest was checked without Python.
+fn already_complete(plan: &Plan) -> Option<Outcome> {
+    let resume = plan.resume.as_ref()?;
+    if !matches!(plan.source, SourcePlan::Program(_)) {
+        return None;
+    }
+    let rows = resume.sidecar.rows.filter(|_| resume.sidecar.complete)?;
+    let expected = match plan.shard {
+        Some(shard) => (0..rows).filter(|i| shard.contains(*i)).count() as u64,
+        None => rows,
+    };
+    if resume.previous.kept.len() != expected {
+        return None;
+    }
+    note(format_args!(
+        "dspex: `{}` already has all {expected} rows ({} failed); nothing to resume",
+        plan.target.path().display(),
+        resume.previous.failed
+    ));
+    Some(if resume.previous.failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }
 
 /// Python, the system, a session and what runs the rows.
@@ -276,7 +331,17 @@ async fn start(plan: &Plan) -> Result<Runner, CliError> {
     let system = super::start_system(&plan.config, dspy, 1).await?;
     let prepared = async {
         let session = system.open_session(None).await?;
-        plan.source.prepare(&session, None).await
+        let runner = plan.source.prepare(&session, None).await?;
+        if let (Some(resume), Some(record)) = (&plan.resume, &plan.record) {
+            let digest = runner.digest();
+            if let Some(why) = resume.sidecar.mismatch(record, Some(&digest), plan.shard) {
+                return Err(CliError::Usage(format!(
+                    "cannot resume `{}`: {why}",
+                    plan.target.path().display()
+                )));
+            }
+        }
+        Ok(runner)
     }
     .await;
     if prepared.is_err() {
@@ -285,231 +350,81 @@ async fn start(plan: &Plan) -> Result<Runner, CliError> {
     prepared
 }
 
-type RowFuture = Pin<Box<dyn Future<Output = (u64, dspex::Result<RowOutput>)> + Send>>;
-
-/// A finished row waiting to be written.
-struct Finished {
-    line: String,
-    ok: bool,
-    end_offset: u64,
-}
-
-/// Where finished rows go: the reorder buffer, then the output in order.
-struct Sink {
-    out: BufWriter<Box<dyn Write + Send>>,
-    path: PathBuf,
-    reorder: Reorder<Finished>,
-    progress: RunProgress,
-}
-
-impl Sink {
-    fn finish(
-        &mut self,
-        index: u64,
-        id: &Value,
-        end_offset: u64,
-        result: Result<RowOutput, RowError>,
-    ) {
-        let line = rows::render(index, id, &result);
-        self.reorder.insert(
-            index,
-            Finished {
-                line,
-                ok: result.is_ok(),
-                end_offset,
-            },
-        );
-    }
-
-    /// Writes every row that is next in order, then flushes, so the output grows
-    /// steadily rather than in buffer-sized bursts.
-    fn write_ready(&mut self) -> Result<(), CliError> {
-        let mut wrote = false;
-        while let Some(row) = self.reorder.pop() {
-            writeln!(self.out, "{}", row.line).map_err(|e| self.write_error(e))?;
-            self.progress.row_written(row.ok, Some(row.end_offset));
-            wrote = true;
-        }
-        if wrote {
-            self.out.flush().map_err(|e| self.write_error(e))?;
-        }
-        Ok(())
-    }
-
-    fn write_error(&self, source: std::io::Error) -> CliError {
-        CliError::Io {
-            action: "write output to",
-            path: self.path.clone(),
-            source,
-        }
-    }
-}
-
-fn create_output(path: &Path) -> Result<Box<dyn Write + Send>, CliError> {
-    if path == Path::new("-") {
-        return Ok(Box::new(std::io::stdout()));
-    }
-    let file = File::create(path).map_err(|source| CliError::Io {
-        action: "create output file",
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(Box::new(file))
-}
-
-/// Runs every row and writes the output; stops early on a signal.
-async fn stream(
+/// Opens the output, runs the loop, and records what the output now holds.
+async fn execute(
     plan: Plan,
     runner: &Runner,
     signals: &mut Signals,
     startup: Duration,
-) -> Result<(Outcome, RunProgress), CliError> {
+) -> Result<run_loop::Ended, CliError> {
     let Plan {
         config,
         input,
-        output,
+        target,
+        record,
+        shard,
+        resume,
         ..
     } = plan;
-    let terminal = super::stderr_is_terminal();
-    let mut sink = Sink {
-        out: BufWriter::with_capacity(64 * 1024, create_output(&output)?),
-        path: output,
-        reorder: Reorder::default(),
-        progress: RunProgress::new(terminal, input.len, startup),
+    let output = target.path().to_owned();
+    if resume.is_none() && record.is_some() {
+        // The old record describes an output that is about to be emptied.
+        Sidecar::remove(&output)?;
+    }
+    let writer = target.open(resume.is_some())?;
+    let mut sidecar = match (&resume, record) {
+        (Some(resume), _) => Some(resume.sidecar.clone()),
+        (None, Some(record)) => Some(Sidecar::new(record, runner.digest(), shard)),
+        (None, None) => None,
     };
-    let mut lines = Lines::new(input.reader);
-    // Every slot of the pool busy, and a few rows more so a slot never waits for a row.
-    let max_in_flight = config.pool.capacity() + config.pool.size;
-    // Rows read but not yet written: bounds the reorder buffer behind one slow row.
-    let max_window = (64 * config.pool.size as u64).max(1024);
-    let mut in_flight: FuturesUnordered<RowFuture> = FuturesUnordered::new();
-    let mut outstanding: HashMap<u64, (Value, u64)> = HashMap::new();
-    let mut next_index: u64 = 0;
-    let mut eof = false;
-    let mut read_error = None;
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + progress::LINE_INTERVAL,
-        progress::LINE_INTERVAL,
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut stopped_by = None;
-
-    while !(eof && in_flight.is_empty()) {
-        let can_read = !eof
-            && in_flight.len() < max_in_flight
-            && next_index - sink.reorder.next_index() < max_window;
-        tokio::select! {
-            biased;
-            signal = signals.recv() => {
-                stopped_by = Some(signal);
-                break;
-            }
-            Some(first) = in_flight.next(), if !in_flight.is_empty() => {
-                // Take every row that is already done too, so one flush covers them all.
-                let mut done = Some(first);
-                while let Some((index, result)) = done {
-                    let (id, end_offset) = outstanding.remove(&index).unwrap_or_default();
-                    sink.finish(index, &id, end_offset, result.map_err(|e| RowError::from(&e)));
-                    done = in_flight.next().now_or_never().flatten();
-                }
-                sink.write_ready()?;
-            }
-            read = lines.next_line(), if can_read => match read {
-                Ok(Some(line)) => {
-                    let index = next_index;
-                    next_index += 1;
-                    match rows::parse(&line.bytes, line.number, runner) {
-                        Ok(row) => {
-                            outstanding.insert(index, (row.id, line.end_offset));
-                            let runner = runner.clone();
-                            in_flight.push(Box::pin(async move {
-                                (index, runner.run(row.input).await)
-                            }));
-                        }
-                        Err(rejected) => {
-                            sink.finish(index, &rejected.id, line.end_offset, Err(rejected.error));
-                            sink.write_ready()?;
-                        }
-                    }
-                }
-                Ok(None) => eof = true,
-                Err(e) => {
-                    // Rows already read still finish; then the run fails.
-                    eof = true;
-                    read_error = Some(e);
-                }
-            },
-            _ = tick.tick() => sink.progress.tick(),
-        }
+    let progress = RunProgress::new(super::stderr_is_terminal(), input.len, startup);
+    if let (None, Some(sidecar)) = (&resume, &sidecar) {
+        record_sidecar(sidecar, &output, &progress);
     }
-
-    if let Some(signal) = stopped_by {
-        sink.progress.note(&format!(
-            "dspex: {}: reading no more rows; waiting up to {:?} for {} in flight",
-            signal.name(),
-            config.shutdown.graceful_timeout,
-            in_flight.len()
-        ));
-        let deadline = tokio::time::Instant::now() + config.shutdown.graceful_timeout;
-        while !in_flight.is_empty() {
-            tokio::select! {
-                Some((index, result)) = in_flight.next() => {
-                    let (id, end_offset) = outstanding.remove(&index).unwrap_or_default();
-                    sink.finish(index, &id, end_offset, result.map_err(|e| RowError::from(&e)));
-                    sink.write_ready()?;
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = signals.recv() => break,
-            }
-        }
-        drop(in_flight);
-        let mut unfinished: Vec<_> = outstanding.into_iter().collect();
-        unfinished.sort_by_key(|(index, _)| *index);
-        for (index, (id, end_offset)) in unfinished {
-            let error = RowError::new(
-                "shutting_down",
-                format!("stopped by {} before this row finished", signal.name()),
-            );
-            sink.finish(index, &id, end_offset, Err(error));
-        }
-        sink.write_ready()?;
-        return Ok((Outcome::Interrupted(signal), sink.progress));
-    }
-
-    debug_assert_eq!(sink.reorder.waiting(), 0, "every row read was written");
-    if let Some(source) = read_error {
-        sink.progress.note(&format!(
-            "dspex: {} rows written before the input failed",
-            sink.progress.ok() + sink.progress.failed()
-        ));
-        return Err(CliError::Io {
-            action: "read input",
-            path: PathBuf::from("(input)"),
-            source,
-        });
-    }
-    let outcome = if sink.progress.failed() == 0 {
-        Outcome::Success
-    } else {
-        Outcome::Failed
+    let kept = match &resume {
+        Some(resume) => Some(resume.previous.lines()?),
+        None => None,
     };
-    Ok((outcome, sink.progress))
+    let run_loop = RunLoop::new(runner, input.reader, writer, progress, &config, shard, kept);
+    let ended = run_loop.run(signals).await?;
+    if let Some(sidecar) = &mut sidecar {
+        if ended.rows.is_some() {
+            sidecar.rows = ended.rows;
+        }
+        sidecar.complete = ended.complete;
+        record_sidecar(sidecar, &output, &ended.progress);
+    }
+    Ok(ended)
+}
+
+/// Writes the sidecar; a failure costs only the ability to resume, so it is a warning.
+fn record_sidecar(sidecar: &Sidecar, output: &Path, progress: &RunProgress) {
+    if let Err(e) = sidecar.write(output) {
+        progress.note(&format!(
+            "dspex: warning: cannot write `{}` ({e}); --resume and merge will not accept this output",
+            Sidecar::path_for(output).display()
+        ));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(extra: &[&str]) -> RunArgs {
+    fn parse(argv: &[&str]) -> Result<RunArgs, clap::Error> {
         use clap::Parser;
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
             run: RunArgs,
         }
+        Wrapper::try_parse_from(argv).map(|w| w.run)
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
         let mut argv = vec!["dspex", "--signature", "question -> answer", "--input", "-"];
         argv.extend_from_slice(extra);
-        Wrapper::try_parse_from(argv).unwrap().run
+        parse(&argv).unwrap()
     }
 
     #[test]
@@ -523,16 +438,13 @@ mod tests {
     }
 
     #[test]
-    fn zero_workers_is_refused_by_the_flag_parser() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            run: RunArgs,
-        }
-        let parsed =
-            Wrapper::try_parse_from(["dspex", "-s", "a -> b", "-i", "-", "--workers", "0"]);
-        assert!(parsed.is_err());
+    fn zero_workers_and_bad_shards_are_refused_by_the_flag_parser() {
+        assert!(parse(&["dspex", "-s", "a -> b", "-i", "-", "--workers", "0"]).is_err());
+        assert!(parse(&["dspex", "-s", "a -> b", "-i", "-", "--shard", "4/4"]).is_err());
+        assert!(parse(&["dspex", "-s", "a -> b", "-i", "-", "--retry-failed"]).is_err());
+        let run = args(&["--shard", "1/4", "--report-cpu"]);
+        assert_eq!(run.shard, Some(Shard { index: 1, count: 4 }));
+        assert!(run.report_cpu);
     }
 
     #[test]
@@ -554,27 +466,35 @@ mod tests {
     }
 
     #[test]
-    fn output_must_not_be_the_input_or_in_a_missing_directory() {
+    fn resume_needs_a_file_input_and_a_sidecar() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.jsonl");
-        std::fs::write(&input, "{}\n").unwrap();
-        let e = check_output(&input, &input).unwrap_err();
-        assert!(e.to_string().contains("is the input file"), "{e}");
-        let missing = dir.path().join("no/such/out.jsonl");
-        let e = check_output(&missing, &input).unwrap_err();
-        assert!(e.to_string().contains("does not exist"), "{e}");
-        let e = check_output(dir.path(), &input).unwrap_err();
-        assert!(e.to_string().contains("is a directory"), "{e}");
-        assert!(check_output(&dir.path().join("out.jsonl"), &input).is_ok());
-        assert!(check_output(Path::new("-"), &input).is_ok());
+        let output = dir.path().join("out.jsonl");
+        std::fs::write(&input, "{\"question\": \"q\"}\n").unwrap();
+        let record = InputRecord::of(&input).unwrap();
+        let mut run = args(&["--resume"]);
+        run.output = output.clone();
+        let stdin = InputRecord::of(Path::new("-")).unwrap();
+        let e = resumable(&run, &stdin, None).err().unwrap();
+        assert!(e.to_string().contains("--resume needs --input FILE"), "{e}");
+        run.input = input.clone();
+        assert!(
+            resumable(&run, &record, None).unwrap().is_none(),
+            "no output yet: a normal run"
+        );
+        std::fs::write(&output, "").unwrap();
+        let e = resumable(&run, &record, None).err().unwrap();
+        assert!(e.to_string().contains("has no run record"), "{e}");
     }
 
     #[test]
     fn a_missing_or_directory_input_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = open_input(&dir.path().join("missing.jsonl")).err().unwrap();
+        let e = input::open(&dir.path().join("missing.jsonl"))
+            .err()
+            .unwrap();
         assert!(e.to_string().starts_with("cannot read input file"), "{e}");
-        let e = open_input(dir.path()).err().unwrap();
+        let e = input::open(dir.path()).err().unwrap();
         assert!(e.to_string().contains("is a directory"), "{e}");
     }
 }

@@ -1,44 +1,70 @@
-//! `dspex setup`: build the managed venv now, rather than on the first run.
+//! `dspex setup`: build the managed venv now, rather than on the first run, and repair it.
 //!
 //! Useful before going offline, in a Docker build step, or to see pip's progress once.
-//! Running it again only verifies: the venv is reused, and `import dspy` is tried in it so
-//! a broken environment shows up here rather than in the middle of a run.
+//! Running it again verifies: every file pip installed is checked against pip's records
+//! (a deleted or edited file of `dspy` is found here, not in the middle of a run), damaged
+//! packages are reinstalled, and `import dspy` is tried. `--force` rebuilds from scratch.
 
 use clap::Args;
+use dspex::python_env::{self, Action, Existing};
 
-use super::{python, CliError, ConfigArgs, Outcome};
+use super::{note, print, python, CliError, ConfigArgs, Outcome};
 
 pub const HELP: &str = "\
 Examples:
   dspex setup                       create ~/.cache/dspex/venvs/<hash> on first use
+  dspex setup --force               delete that venv and build it again
   DSPEX_HOME=/opt/dspex dspex setup put the cache (venv and bridge) somewhere else
   dspex setup --config prod.toml    use that file's python.executable / venv / requirements
 
 Prints the interpreter the workers will run and the venv it belongs to (stdout).
-Idempotent: a second run only checks that the environment imports dspy.";
+Idempotent: a second run checks every installed file against pip's records (a few
+seconds), reinstalls the packages that are damaged, and checks that dspy imports.";
 
 /// Flags of `dspex setup`.
 #[derive(Debug, Args)]
 pub struct SetupArgs {
+    /// Rebuild the managed venv from scratch even if it looks fine (a venv named by
+    /// python.venv is not deleted; its requirements are reinstalled).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
 
 pub async fn setup(args: SetupArgs) -> Result<Outcome, CliError> {
     let config = args.config.load(&[])?;
-    let prepared = python::prepare_reporting(&config, true).await?;
-    let env = &prepared.env;
-    let version = python::dspy_version(&env.python).await?;
-    let verb = if prepared.changed {
-        "created"
+    let existing = if args.force {
+        Existing::Rebuild
     } else {
-        "verified"
+        Existing::Verify
     };
-    eprintln!("dspex: python environment {verb}; dspy {version} imports");
-    println!("python: {}", env.python.display());
+    let (env, action) = python::prepare_reporting(&config, true, existing).await?;
+    let python = env.python.clone();
+    let version = tokio::task::spawn_blocking(move || python_env::dspy_version(&python))
+        .await
+        .map_err(|e| {
+            CliError::Dspex(dspex::Error::Environment(format!(
+                "checking dspy stopped unexpectedly: {e}"
+            )))
+        })?
+        .map_err(dspex::Error::from)?;
+    let what = match &action {
+        Action::Built => "created".to_owned(),
+        Action::Reused => "verified".to_owned(),
+        Action::Verified {
+            distributions,
+            files,
+        } => format!("verified ({files} files of {distributions} packages intact)"),
+        Action::Repaired(specs) => format!("repaired (reinstalled {})", specs.join(", ")),
+    };
+    note(format_args!(
+        "dspex: python environment {what}; dspy {version} imports"
+    ));
+    print(format_args!("python: {}", env.python.display()))?;
     if let Some(venv) = &env.venv {
-        println!("venv: {}", venv.display());
+        print(format_args!("venv: {}", venv.display()))?;
     }
-    println!("bridge: {}", env.bridge_path.display());
+    print(format_args!("bridge: {}", env.bridge_path.display()))?;
     Ok(Outcome::Success)
 }

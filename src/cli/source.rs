@@ -283,7 +283,6 @@ impl Runner {
 
     /// What the output of a run belongs to: the program definition's digest, or the
     /// command's name; a resumed run must match it.
-    #[expect(dead_code, reason = "used by --resume, which lands next")]
     pub fn digest(&self) -> String {
         match self {
             Runner::Program(program) => program.definition().digest().to_owned(),

@@ -41,12 +41,12 @@ pub async fn status(args: StatusArgs) -> Result<Outcome, CliError> {
     if args.json {
         let text = serde_json::to_string_pretty(&snapshot)
             .map_err(|e| CliError::Usage(format!("cannot serialise the status: {e}")))?;
-        println!("{text}");
+        super::print(text)?;
     } else {
         let session_ids: Vec<String> = sessions
             .map(|list| list.into_iter().map(|s| s.id).collect())
             .unwrap_or_default();
-        print!("{}", render(&snapshot, &session_ids));
+        super::print(render(&snapshot, &session_ids).trim_end_matches('\n'))?;
     }
     Ok(Outcome::Success)
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ConfigError, DEFAULT_TOML};
+use super::{ConfigError, DEFAULT_TOML, ENV_VARIABLES, WORKER_ENV_VARIABLES};
 
 /// Environment variables starting with this (and holding `__` after it) are overrides.
 pub(super) const ENV_PREFIX: &str = "DSPEX_";
@@ -23,7 +23,12 @@ const SECTIONS: &[&str] = &[
     "shutdown",
     "python",
     "lm",
+    "run",
 ];
+
+/// Variables dspex no longer reads, with what replaced them.
+const RETIRED_ENV: &[(&str, &str)] =
+    &[("DSPEX_REPORT_CPU", "the `--report-cpu` flag of `dspex run`")];
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +161,9 @@ impl RawConfig {
             };
             // `DSPEX_HOME`, `DSPEX_TEST_LAYER` and the like are not settings.
             let Some((section, key)) = name.split_once("__") else {
+                if let Some(warning) = self.stray_variable(&var) {
+                    log::warn!("{warning}");
+                }
                 continue;
             };
             let origin = Origin::Env(var.clone());
@@ -174,6 +182,48 @@ impl RawConfig {
             self.set(&section, &key, value, &origin)?;
         }
         Ok(())
+    }
+
+    /// Why a `DSPEX_*` variable without `__` is probably a mistake, or `None` for one of
+    /// dspex's own variables. A setting spelled with one underscore (`DSPEX_POOL_SIZE`)
+    /// would otherwise be ignored without a word.
+    pub(super) fn stray_variable(&self, var: &str) -> Option<String> {
+        if ENV_VARIABLES.iter().any(|(name, _)| *name == var) {
+            return None;
+        }
+        if let Some((_, instead)) = RETIRED_ENV.iter().find(|(name, _)| *name == var) {
+            return Some(format!(
+                "environment variable {var} is no longer read; use {instead}"
+            ));
+        }
+        if WORKER_ENV_VARIABLES.contains(&var) {
+            return Some(format!(
+                "environment variable {var} is ignored: dspex sets it for its workers itself; \
+                 to pass a value to the workers use python.env, e.g. \
+                 DSPEX_PYTHON__ENV='{{ {var} = \"...\" }}'"
+            ));
+        }
+        let settings: Vec<String> = self
+            .table
+            .iter()
+            .filter_map(|(section, keys)| Some((section, keys.as_table()?)))
+            .flat_map(|(section, keys)| {
+                keys.keys().map(move |key| {
+                    format!("{ENV_PREFIX}{}__{}", section, key).to_ascii_uppercase()
+                })
+            })
+            .collect();
+        let candidates = settings
+            .iter()
+            .map(String::as_str)
+            .chain(ENV_VARIABLES.iter().map(|(name, _)| *name));
+        let hint = closest_within(var, candidates, 3)
+            .map(|name| format!("did you mean {name}? "))
+            .unwrap_or_default();
+        Some(format!(
+            "environment variable {var} is not a dspex setting and is ignored; {hint}settings \
+             are DSPEX_<SECTION>__<KEY> (two underscores), e.g. DSPEX_POOL__SIZE=4"
+        ))
     }
 
     /// Reads a variable's text as a TOML value if it is one, else as a string. Keys
@@ -311,9 +361,18 @@ pub(crate) fn closest<'a>(
     name: &str,
     candidates: impl Iterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    closest_within(name, candidates, 2)
+}
+
+/// The candidate nearest to `name` within `max` edits (and fewer edits than its length).
+fn closest_within<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+    max: usize,
+) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(name, c), c))
-        .filter(|&(d, c)| d <= 2 && d < c.len())
+        .filter(|&(d, c)| d <= max && d < c.len())
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }
@@ -386,6 +445,41 @@ mod tests {
         from_file.sort_unstable();
         listed.sort_unstable();
         assert_eq!(from_file, listed);
+    }
+
+    #[test]
+    fn a_setting_with_one_underscore_gets_a_warning_naming_the_key() {
+        let raw = RawConfig::defaults();
+        let warning = raw.stray_variable("DSPEX_POOL_SIZE").unwrap();
+        assert!(
+            warning.starts_with(
+                "environment variable DSPEX_POOL_SIZE is not a dspex setting and is ignored; \
+                 did you mean DSPEX_POOL__SIZE?"
+            ),
+            "{warning}"
+        );
+        let warning = raw.stray_variable("DSPEX_LM_MAX_TOKENS").unwrap();
+        assert!(
+            warning.contains("did you mean DSPEX_LM__MAX_TOKENS?"),
+            "{warning}"
+        );
+        let warning = raw.stray_variable("DSPEX_HOMEE").unwrap();
+        assert!(warning.contains("did you mean DSPEX_HOME?"), "{warning}");
+        let warning = raw.stray_variable("DSPEX_SOMETHING_ELSE_ENTIRELY").unwrap();
+        assert!(!warning.contains("did you mean"), "{warning}");
+        assert!(warning.contains("DSPEX_<SECTION>__<KEY>"), "{warning}");
+    }
+
+    #[test]
+    fn dspex_own_variables_get_no_warning_and_worker_ones_point_at_python_env() {
+        let raw = RawConfig::defaults();
+        for (name, _) in ENV_VARIABLES {
+            assert_eq!(raw.stray_variable(name), None, "{name}");
+        }
+        let warning = raw.stray_variable("DSPEX_DUMMY_TRACE").unwrap();
+        assert!(warning.contains("use python.env"), "{warning}");
+        let warning = raw.stray_variable("DSPEX_REPORT_CPU").unwrap();
+        assert!(warning.contains("--report-cpu"), "{warning}");
     }
 
     #[test]

@@ -8,9 +8,42 @@ use std::time::Duration;
 
 use super::raw::{Origin, RawConfig};
 use super::{
-    Affinity, Config, ConfigError, LmConfig, PoolConfig, PythonConfig, PythonExecutable,
-    SessionConfig, ShutdownConfig, SupervisorConfig, SystemConfig, TransportKind,
+    Affinity, Config, ConfigError, LmCache, LmConfig, PoolConfig, PythonConfig, PythonExecutable,
+    RunConfig, SessionConfig, ShutdownConfig, SupervisorConfig, SystemConfig, TransportKind,
 };
+
+/// Most workers one system may have. Each is a Python process of about 200 MB with DSPy
+/// imported, so 1024 is already hundreds of GB; a larger value is a typo, not a plan
+/// (more requests in flight come from `pool.worker_concurrency`, not more processes).
+pub(super) const MAX_POOL_SIZE: usize = 1024;
+
+/// `pool.size` above this many workers per CPU core gets a warning. Workers beyond a few
+/// per core add no throughput: LM waits are covered by each worker's own concurrency,
+/// and the CPU work of DSPy (prompt building, parsing) is bound by the cores. Four per
+/// core leaves room for workers that block in user code, and is far enough above the
+/// cores that a deliberate choice is never warned about on a small machine.
+pub(super) const WORKERS_PER_CORE_WARNING: usize = 4;
+
+/// `pool.worker_memory_limit` below this is refused: not even a bare Python interpreter
+/// with the bridge starts in less address space, so every worker would fail to start.
+pub(super) const MIN_WORKER_MEMORY: u64 = 64 << 20;
+
+/// The virtual size measured for a DSPy worker with 8 requests in flight (660 MiB, see
+/// `config/dspex.toml`), rounded up: a limit below it gets a warning.
+const TYPICAL_WORKER_VSZ: u64 = 700 << 20;
+
+/// `extra` keys that have settings of their own in `[lm]`; the bridge refuses them too.
+const LM_NAMED_KWARGS: &[(&str, &str)] = &[
+    ("model", "lm.model"),
+    ("api_key", "lm.api_key_env"),
+    ("api_base", "lm.api_base"),
+    ("base_url", "lm.api_base"),
+    ("temperature", "lm.temperature"),
+    ("max_tokens", "lm.max_tokens"),
+    ("timeout", "lm.timeout"),
+    ("num_retries", "lm.num_retries"),
+    ("cache", "lm.cache"),
+];
 
 /// Whether a zero duration is meaningful for a key.
 #[derive(Clone, Copy, PartialEq)]
@@ -24,8 +57,8 @@ enum Zero {
 pub(super) fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     let r = Reader { raw };
     let pool = PoolConfig {
-        size: r.usize("pool", "size", 1)?,
-        worker_concurrency: PoolConfig::default().worker_concurrency,
+        size: pool_size(&r)?,
+        worker_concurrency: r.int("pool", "worker_concurrency", 1, 10_000)? as usize,
         startup_concurrency: r.usize("pool", "startup_concurrency", 1)?,
         startup_timeout: r.duration("pool", "startup_timeout", Zero::Refused)?,
         checkout_timeout: r.duration("pool", "checkout_timeout", Zero::Refused)?,
@@ -53,9 +86,23 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    warn_if_oversized(
+        pool.size,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let worker_memory_limit = r.size("pool", "worker_memory_limit", MIN_WORKER_MEMORY)?;
+    if let Some(limit) = worker_memory_limit.filter(|l| *l < TYPICAL_WORKER_VSZ) {
+        log::warn!(
+            "pool.worker_memory_limit = {} MiB is below the {} MiB of address space a DSPy \
+             worker maps with worker_concurrency = 8; workers may fail with MemoryError \
+             (see the comment on the key in config/dspex.toml)",
+            limit >> 20,
+            TYPICAL_WORKER_VSZ >> 20
+        );
+    }
     Ok(Config {
         system: SystemConfig {
-            name: r.non_empty_string("system", "name")?,
+            name: system_name(&r)?,
         },
         pool,
         session: SessionConfig {
@@ -72,16 +119,189 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             kill_timeout: r.duration("shutdown", "kill_timeout", Zero::Allowed)?,
         },
         python: python(&r)?,
-        lm: LmConfig {
-            model: r.non_empty_string("lm", "model")?,
-            api_key_env: r
-                .optional_path_like("lm", "api_key_env")?
-                .map(|name| r.env_name("lm", "api_key_env", name).map(str::to_owned))
-                .transpose()?,
-            temperature: r.temperature()?,
-            max_tokens: r.u32("lm", "max_tokens", 1)?,
+        lm: lm(&r)?,
+        run: RunConfig {
+            max_line_bytes: r.size("run", "max_line_bytes", 1)?.ok_or_else(|| {
+                r.error(
+                    "run",
+                    "max_line_bytes",
+                    "`run.max_line_bytes` must be set, e.g. \"16MiB\": without a limit one \
+                     line without a newline could fill the memory",
+                )
+            })?,
         },
+        worker_memory_limit,
     })
+}
+
+fn pool_size(r: &Reader<'_>) -> Result<usize, ConfigError> {
+    let size = r.usize("pool", "size", 1)?;
+    if size > MAX_POOL_SIZE {
+        return Err(r.error(
+            "pool",
+            "size",
+            format!(
+                "`pool.size` must be at most {MAX_POOL_SIZE}, got {size}: each worker is a Python \
+                 process of about 200 MB; for more requests in flight raise \
+                 pool.worker_concurrency instead"
+            ),
+        ));
+    }
+    Ok(size)
+}
+
+/// Logs a warning when `size` workers are far more than `cores` can keep busy.
+fn warn_if_oversized(size: usize, cores: usize) -> bool {
+    let oversized = size > WORKERS_PER_CORE_WARNING * cores;
+    if oversized {
+        log::warn!(
+            "pool.size = {size} is more than {WORKERS_PER_CORE_WARNING} workers per CPU core \
+             ({cores} cores): extra workers cost memory and start-up time but add no \
+             throughput; to have more requests in flight raise pool.worker_concurrency"
+        );
+    }
+    oversized
+}
+
+/// The name goes into thread names, worker ids and log lines, where a NUL cannot go
+/// (a thread name with one panics) and other control characters garble the output.
+fn system_name(r: &Reader<'_>) -> Result<String, ConfigError> {
+    let name = r.non_empty_string("system", "name")?;
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(r.error(
+            "system",
+            "name",
+            format!(
+                "`system.name` must not contain control characters, got {name:?} (with {c:?}); \
+                 use letters, digits, `-`, `_` or `.`"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+fn lm(r: &Reader<'_>) -> Result<LmConfig, ConfigError> {
+    let api_base = r.optional_path_like("lm", "api_base")?;
+    if let Some(url) = api_base {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(r.error(
+                "lm",
+                "api_base",
+                format!(
+                    "`lm.api_base` must be an http:// or https:// URL such as \
+                     \"http://127.0.0.1:8000/v1\", got {url:?}"
+                ),
+            ));
+        }
+    }
+    let cache = match r.choice("lm", "cache", &["off", "memory", "disk"])? {
+        "off" => LmCache::Off,
+        "memory" => LmCache::Memory,
+        _ => LmCache::Disk,
+    };
+    Ok(LmConfig {
+        model: r.non_empty_string("lm", "model")?,
+        api_key_env: r
+            .optional_path_like("lm", "api_key_env")?
+            .map(|name| r.env_name("lm", "api_key_env", name).map(str::to_owned))
+            .transpose()?,
+        api_base: api_base.map(str::to_owned),
+        temperature: r.temperature()?,
+        max_tokens: r.u32("lm", "max_tokens", 1)?,
+        timeout: r.duration("lm", "timeout", Zero::Refused)?,
+        num_retries: r.u32("lm", "num_retries", 0)?,
+        extra: lm_extra(r)?,
+        cache,
+        cache_dir: r.optional_path("lm", "cache_dir")?,
+        max_in_flight: r.usize("lm", "max_in_flight", 0)?,
+        requests_per_minute: r.u32("lm", "requests_per_minute", 0)?,
+    })
+}
+
+/// `lm.extra` as the JSON object of keyword arguments the bridge passes to `dspy.LM`.
+fn lm_extra(r: &Reader<'_>) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let value = r.value("lm", "extra");
+    let Some(table) = value.as_table() else {
+        return Err(r.error(
+            "lm",
+            "extra",
+            format!(
+                "`lm.extra` must be a table of keyword arguments for dspy.LM, e.g. \
+                 {{ top_p = 0.9 }}, got {value}"
+            ),
+        ));
+    };
+    let mut extra = serde_json::Map::new();
+    for (key, value) in table {
+        if let Some((_, setting)) = LM_NAMED_KWARGS.iter().find(|(name, _)| name == key) {
+            let mut e = r.error(
+                "lm",
+                "extra",
+                format!("`lm.extra.{key}` is not allowed: set `{setting}` instead"),
+            );
+            e.key = Some(format!("lm.extra.{key}"));
+            return Err(e);
+        }
+        let json = toml_to_json(value).ok_or_else(|| {
+            let mut e = r.error(
+                "lm",
+                "extra",
+                format!("`lm.extra.{key}` must be a finite number, got {value}"),
+            );
+            e.key = Some(format!("lm.extra.{key}"));
+            e
+        })?;
+        extra.insert(key.clone(), json);
+    }
+    Ok(extra)
+}
+
+/// A TOML value as JSON; dates become their TOML text. `None` for a non-finite float,
+/// which JSON cannot hold.
+fn toml_to_json(value: &toml::Value) -> Option<serde_json::Value> {
+    use serde_json::Value as Json;
+    Some(match value {
+        toml::Value::String(s) => Json::String(s.clone()),
+        toml::Value::Integer(i) => Json::from(*i),
+        toml::Value::Float(f) => Json::Number(serde_json::Number::from_f64(*f)?),
+        toml::Value::Boolean(b) => Json::Bool(*b),
+        toml::Value::Datetime(d) => Json::String(d.to_string()),
+        toml::Value::Array(items) => {
+            Json::Array(items.iter().map(toml_to_json).collect::<Option<_>>()?)
+        }
+        toml::Value::Table(table) => Json::Object(
+            table
+                .iter()
+                .map(|(k, v)| Some((k.clone(), toml_to_json(v)?)))
+                .collect::<Option<_>>()?,
+        ),
+    })
+}
+
+/// Parses a size such as `"16MiB"`, `"4 GiB"`, `"512kB"` or `"1048576"` into bytes.
+/// Binary units (KiB, MiB, GiB, TiB) count in 1024s, decimal ones (kB, MB, GB, TB) in
+/// 1000s; a bare number is bytes. Fractions are allowed (`"1.5GiB"`).
+pub(super) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    let bytes = number * scale as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then(|| bytes.round() as u64)
 }
 
 fn python(r: &Reader<'_>) -> Result<PythonConfig, ConfigError> {
@@ -365,6 +585,35 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
+    /// A size in bytes: a string with a unit (`"16MiB"`) or an integer; `""` is `None`.
+    fn size(&self, section: &str, key: &str, min: u64) -> Result<Option<u64>, ConfigError> {
+        let value = self.value(section, key);
+        let bytes = match value {
+            toml::Value::String(s) if s.trim().is_empty() => return Ok(None),
+            toml::Value::String(s) => parse_size(s),
+            toml::Value::Integer(i) => u64::try_from(*i).ok(),
+            _ => None,
+        };
+        let Some(bytes) = bytes else {
+            return Err(self.error(
+                section,
+                key,
+                format!(
+                    "`{section}.{key}`: invalid size {value}; use e.g. \"512MiB\", \"4GiB\" \
+                     or a number of bytes"
+                ),
+            ));
+        };
+        if bytes < min {
+            return Err(self.error(
+                section,
+                key,
+                format!("`{section}.{key}` must be at least {min} bytes, got {value}"),
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
     fn temperature(&self) -> Result<f64, ConfigError> {
         let value = self.value("lm", "temperature");
         let number = match value {
@@ -381,5 +630,49 @@ impl<'a> Reader<'a> {
                     format!("`lm.temperature` must be a number ≥ 0, got {value}"),
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("4 GiB"), Some(4 << 30));
+        assert_eq!(parse_size("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_size("512kB"), Some(512_000));
+        assert_eq!(parse_size("2MB"), Some(2_000_000));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("7B"), Some(7));
+        for bad in [
+            "",
+            "MiB",
+            "4 parsecs",
+            "-1GiB",
+            "1e3",
+            "4GiBs",
+            "99999999999TiB",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_pool_far_above_the_cores_is_warned_about() {
+        assert!(!warn_if_oversized(8, 2));
+        assert!(warn_if_oversized(9, 2));
+        assert!(!warn_if_oversized(64, 16));
+    }
+
+    #[test]
+    fn json_of_toml_keeps_nesting_and_refuses_nan() {
+        let table: toml::Table = toml::from_str("a = [1, 2.5, true]\nb = { c = \"d\" }").unwrap();
+        assert_eq!(
+            toml_to_json(&toml::Value::Table(table)),
+            Some(serde_json::json!({"a": [1, 2.5, true], "b": {"c": "d"}}))
+        );
+        assert_eq!(toml_to_json(&toml::Value::Float(f64::NAN)), None);
     }
 }

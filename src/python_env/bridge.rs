@@ -3,15 +3,23 @@
 //! Embedding makes an installed `dspex` independent of this repository; unpacking by content
 //! hash means two binaries with different bridges never share (or overwrite) one directory,
 //! and a directory, once in place, never changes under a running worker.
+//!
+//! The directory name alone proves nothing about what is in it now, and every worker
+//! imports from it, so each start compares the unpacked files with the embedded ones (a
+//! few hundred kilobytes, well under a millisecond). A directory that differs in any way,
+//! a changed, missing or extra file (a planted `dspy.py` would shadow DSPy), is replaced
+//! by a fresh copy.
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use include_dir::{include_dir, Dir};
 use sha2::{Digest, Sha256};
 
+use super::trust;
 use super::EnvError;
 
 static BRIDGE_SOURCES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/python/dspex_bridge");
@@ -79,32 +87,58 @@ pub(super) fn hex_prefix(digest: &[u8]) -> String {
 /// Idempotent and safe to call concurrently from threads and processes: the files are written
 /// to a private temporary directory that is renamed into place in one step, so a reader sees
 /// either nothing or the complete package; when another caller wins the rename, its copy
-/// (identical by construction) is used.
+/// (identical by construction) is used. A directory already in place is used only if its
+/// files are exactly the embedded ones; otherwise it is replaced (with a warning).
 ///
 /// # Errors
 ///
-/// [`EnvError::CacheNotWritable`] when the cache directory cannot be created or written.
+/// [`EnvError::CacheNotWritable`] when the cache directory cannot be created or written,
+/// [`EnvError::UntrustedCache`] when it belongs to another user or others can write to it,
+/// [`EnvError::BridgeTampered`] when a damaged copy keeps coming back.
 pub fn unpack_bridge(cache: &Path) -> Result<PathBuf, EnvError> {
     let root = cache.join("bridge");
     let target = root.join(bridge_hash());
-    if target.join(PACKAGE).is_dir() {
-        return Ok(target);
+    trust::private_dir(cache)?;
+    trust::private_dir(&root)?;
+    let mut problem = String::new();
+    // Another process may be replacing a damaged copy at the same time; a few rounds let
+    // both settle on one good copy.
+    for _ in 0..3 {
+        if target.exists() {
+            match verify(&target) {
+                Ok(()) => return Ok(target),
+                Err(detail) => {
+                    log::warn!(
+                        "the unpacked bridge {} does not match the one built into dspex \
+                         ({detail}); unpacking it again",
+                        target.display()
+                    );
+                    problem = detail;
+                    discard(&root, &target)?;
+                }
+            }
+        }
+        unpack_into(&root, &target)?;
     }
-    fs::create_dir_all(&root).map_err(|source| EnvError::CacheNotWritable {
-        action: "create directory",
-        path: root.clone(),
-        source,
-    })?;
-    let staging = create_staging_dir(&root)?;
+    Err(EnvError::BridgeTampered {
+        path: target,
+        detail: problem,
+    })
+}
+
+/// Writes the package into a staging directory and renames it to `target`; losing that
+/// race to another caller is fine (the caller verifies what is there).
+fn unpack_into(root: &Path, target: &Path) -> Result<(), EnvError> {
+    let staging = create_staging_dir(root)?;
     let result = write_files(&staging.join(PACKAGE)).and_then(|()| {
-        fs::rename(&staging, &target).or_else(|source| {
+        fs::rename(&staging, target).or_else(|source| {
             if target.join(PACKAGE).is_dir() {
                 // Another thread or process unpacked the same content first.
                 Ok(())
             } else {
                 Err(EnvError::CacheNotWritable {
                     action: "move the unpacked bridge to",
-                    path: target.clone(),
+                    path: target.to_path_buf(),
                     source,
                 })
             }
@@ -116,11 +150,80 @@ pub fn unpack_bridge(cache: &Path) -> Result<PathBuf, EnvError> {
         let _ = fs::remove_dir_all(&staging);
     }
     result?;
-    log::debug!("python bridge available at {}", target.display());
-    Ok(target)
+    log::debug!("python bridge unpacked at {}", target.display());
+    Ok(())
 }
 
-/// A fresh directory under `root` that no other caller uses.
+/// Moves a bad copy out of the way (one rename, so no reader sees half of it) and deletes
+/// it. Another caller having moved it already is fine.
+fn discard(root: &Path, target: &Path) -> Result<(), EnvError> {
+    let aside = create_staging_dir(root)?;
+    let moved = aside.join("old");
+    match fs::rename(target, &moved) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            let _ = fs::remove_dir_all(&aside);
+            return Err(EnvError::CacheNotWritable {
+                action: "replace the damaged bridge",
+                path: target.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let _ = fs::remove_dir_all(&aside);
+    Ok(())
+}
+
+/// Whether `target` holds exactly the embedded package: the directory itself private, only
+/// `dspex_bridge/` in it, and in that every embedded file with its contents and nothing
+/// else (byte-code caches included: Python would run a planted `.pyc`).
+fn verify(target: &Path) -> Result<(), String> {
+    if let Err(e) = trust::check_private(target) {
+        return Err(e.to_string());
+    }
+    let mut expected: std::collections::BTreeMap<String, &[u8]> = bridge_files()
+        .into_iter()
+        .map(|(path, contents)| (format!("{PACKAGE}/{}", portable_name(path)), contents))
+        .collect();
+    let mut found = Vec::new();
+    walk(target, target, &mut found).map_err(|e| format!("cannot read it: {e}"))?;
+    for (name, is_file) in found {
+        if !is_file {
+            return Err(format!("`{name}` is not a regular file"));
+        }
+        let Some(contents) = expected.remove(&name) else {
+            return Err(format!("unexpected file `{name}`"));
+        };
+        match fs::read(target.join(&name)) {
+            Ok(bytes) if bytes == contents => {}
+            Ok(_) => return Err(format!("`{name}` was changed")),
+            Err(e) => return Err(format!("cannot read `{name}`: {e}")),
+        }
+    }
+    match expected.keys().next() {
+        Some(missing) => Err(format!("`{missing}` is missing")),
+        None => Ok(()),
+    }
+}
+
+/// Every non-directory under `dir` as (path relative to `root` with `/`, is a regular file).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, bool)>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            out.push((portable_name(relative), kind.is_file()));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh private directory under `root` that no other caller uses.
 fn create_staging_dir(root: &Path) -> Result<PathBuf, EnvError> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -137,8 +240,19 @@ fn create_staging_dir(root: &Path) -> Result<PathBuf, EnvError> {
     );
     for attempt in 0u32.. {
         let path = root.join(format!("{base}-{attempt}"));
-        match fs::create_dir(&path) {
-            Ok(()) => return Ok(path),
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {
+                // The umask may have narrowed the mode further, never widened it; make it
+                // exactly private so the renamed bridge passes its own check.
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(
+                    |source| EnvError::CacheNotWritable {
+                        action: "make private",
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                return Ok(path);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(source) => {
                 return Err(EnvError::CacheNotWritable {
@@ -190,6 +304,34 @@ mod tests {
             p.extension() != Some(OsStr::new("pyc"))
                 && !p.components().any(|c| c.as_os_str() == "__pycache__")
         }));
+    }
+
+    #[test]
+    fn a_fresh_unpack_verifies_and_any_change_is_found() {
+        let cache = tempfile::tempdir().unwrap();
+        let target = unpack_bridge(cache.path()).unwrap();
+        assert_eq!(verify(&target), Ok(()));
+        let package = target.join(PACKAGE);
+        let init = package.join("__init__.py");
+        let original = fs::read(&init).unwrap();
+        fs::write(&init, b"import os; os.system('echo pwned')").unwrap();
+        assert_eq!(
+            verify(&target),
+            Err("`dspex_bridge/__init__.py` was changed".into())
+        );
+        fs::write(&init, &original).unwrap();
+        fs::write(target.join("dspy.py"), b"").unwrap();
+        assert_eq!(verify(&target), Err("unexpected file `dspy.py`".into()));
+        fs::remove_file(target.join("dspy.py")).unwrap();
+        fs::create_dir(package.join("__pycache__")).unwrap();
+        fs::write(package.join("__pycache__/worker.cpython-311.pyc"), b"").unwrap();
+        assert!(verify(&target).unwrap_err().contains("unexpected file"));
+        fs::remove_dir_all(package.join("__pycache__")).unwrap();
+        fs::remove_file(package.join("worker.py")).unwrap();
+        assert_eq!(
+            verify(&target),
+            Err("`dspex_bridge/worker.py` is missing".into())
+        );
     }
 
     #[test]

@@ -37,6 +37,51 @@ pub enum EnvError {
         source: io::Error,
     },
 
+    /// A cache directory that another user owns or can write to: whoever can write there
+    /// can run code in every worker.
+    #[error(
+        "refusing to use the dspex cache directory `{}`: {problem}, so its code could be \
+         replaced by someone else; fix it with `chmod go-w '{}'` (and make sure you own it), \
+         or set DSPEX_HOME to a directory of your own",
+        path.display(),
+        path.display()
+    )]
+    UntrustedCache {
+        /// The directory.
+        path: PathBuf,
+        /// Who else could write to it.
+        problem: String,
+    },
+
+    /// The unpacked bridge does not match the sources embedded in dspex, and unpacking it
+    /// again did not help.
+    #[error(
+        "the unpacked bridge `{}` does not match the one built into dspex ({detail}) and could \
+         not be replaced; remove that directory and run dspex again",
+        path.display()
+    )]
+    BridgeTampered {
+        /// The unpacked bridge directory.
+        path: PathBuf,
+        /// The first difference found.
+        detail: String,
+    },
+
+    /// Files of installed packages are missing or changed.
+    #[error(
+        "the python environment `{}` is damaged: {summary}; run `dspex setup` to repair it \
+         (or `dspex setup --force` to rebuild it from scratch)",
+        venv.display()
+    )]
+    VenvDamaged {
+        /// The venv directory.
+        venv: PathBuf,
+        /// How many files are wrong, with the first few named.
+        summary: String,
+        /// The damaged distributions as `(name, version)`, for a targeted reinstall.
+        distributions: Vec<(String, String)>,
+    },
+
     /// The requirements file named by `python.requirements` could not be read.
     #[error(
         "cannot read the requirements file `{}` (python.requirements): {source}",

@@ -129,7 +129,7 @@ pub(super) fn check_interpreter(path: &Path) -> Result<PyVersion, EnvError> {
 ///
 /// An explicit choice (`DSPEX_BOOTSTRAP_PYTHON`) is used or rejected as is, never silently
 /// replaced; otherwise `python3`, then `python`, from `PATH`.
-pub(super) fn find_bootstrap(explicit: Option<OsString>) -> Result<PathBuf, EnvError> {
+pub(super) fn find_bootstrap(explicit: Option<OsString>) -> Result<(PathBuf, PyVersion), EnvError> {
     let (candidates, explicit) = match explicit {
         Some(python) => (vec![python], true),
         None => (
@@ -147,7 +147,7 @@ pub(super) fn find_bootstrap(explicit: Option<OsString>) -> Result<PathBuf, EnvE
         match probe(&candidate) {
             Ok(version) => {
                 log::debug!("bootstrap python {shown} is Python {version}");
-                return Ok(PathBuf::from(candidate));
+                return Ok((PathBuf::from(candidate), version));
             }
             Err(ProbeError::NotFound) => tried.push(format!("{shown} not found")),
             Err(ProbeError::Failed(detail)) => tried.push(format!("{shown} failed: {detail}")),
@@ -159,25 +159,29 @@ pub(super) fn find_bootstrap(explicit: Option<OsString>) -> Result<PathBuf, EnvE
     })
 }
 
-/// Runs `import dspy` in `python`; `Some(detail)` says why it failed.
-pub(super) fn dspy_import_error(python: &Path) -> Option<String> {
+/// Imports dspy in `python` and returns `dspy.__version__`; `Err(detail)` says why the
+/// import failed. This is dspex's one `import dspy` check (the venv build, a configured
+/// interpreter, `setup` and `doctor` all use it).
+pub(super) fn dspy_version(python: &Path) -> Result<String, String> {
     let mut cmd = Command::new(python);
-    cmd.args(["-c", "import dspy"]);
+    cmd.args(["-c", "import dspy; print(dspy.__version__)"])
+        // LiteLLM, which DSPy imports, fetches its cost map from the internet otherwise.
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True");
     match run_with_timeout(&mut cmd, IMPORT_TIMEOUT) {
-        Ok(Some(output)) if output.status.success() => None,
+        Ok(Some(output)) if output.status.success() => Ok(output.stdout.trim().to_owned()),
         Ok(Some(output)) => {
             let stderr = tail(&output.stderr, TAIL_LINES);
-            Some(if stderr.is_empty() {
+            Err(if stderr.is_empty() {
                 format!("the import exited with {}", output.status)
             } else {
                 stderr
             })
         }
-        Ok(None) => Some(format!(
+        Ok(None) => Err(format!(
             "the import did not finish within {}s",
             IMPORT_TIMEOUT.as_secs()
         )),
-        Err(e) => Some(format!("the interpreter could not be started: {e}")),
+        Err(e) => Err(format!("the interpreter could not be started: {e}")),
     }
 }
 

@@ -4,6 +4,11 @@
 //! install finished, so a process killed half-way through `pip install` leaves a directory that
 //! the next caller rebuilds instead of using. Readers of a finished venv take no lock and start
 //! no process, which keeps the common path (every `dspex run`, every test) cheap.
+//!
+//! The marker says the install finished, not that it is still intact. `dspex setup` checks
+//! the installed files against pip's records and repairs a damaged venv by reinstalling
+//! the damaged packages (quick, and it keeps everything else), falling back to a rebuild
+//! from scratch for a venv in the cache.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -16,7 +21,8 @@ use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
 
 use super::interpreter::{self, run_streaming, run_with_timeout, tail, TAIL_LINES};
-use super::{EnvError, Progress, Requirements};
+use super::record::{self, Damage};
+use super::{trust, Action, EnvError, Existing, Progress, Requirements};
 
 /// Written last, inside the venv, once the requirements are installed.
 const MARKER: &str = "dspex-ready.json";
@@ -49,6 +55,8 @@ pub(super) struct Plan<'a> {
     pub(super) require_dspy: bool,
     /// `DSPEX_BOOTSTRAP_PYTHON`, when set.
     pub(super) bootstrap: Option<OsString>,
+    /// What to do with a venv that is already there.
+    pub(super) existing: Existing,
 }
 
 /// The interpreter inside a venv.
@@ -60,36 +68,174 @@ pub(super) fn python_in(venv: &Path) -> PathBuf {
     }
 }
 
-/// Returns the venv's interpreter, creating or completing the venv first when needed.
+/// Returns the venv's interpreter, creating, completing, checking or rebuilding the venv
+/// first as `plan.existing` asks, and what was done.
 pub(super) fn ensure_venv(
     plan: &Plan<'_>,
     progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<PathBuf, EnvError> {
+) -> Result<(PathBuf, Action), EnvError> {
     let python = python_in(&plan.dir);
-    if is_ready(plan, &python) {
+    if plan.disposable && plan.dir.exists() {
+        trust::check_private(&plan.dir)?;
+    }
+    if plan.existing == Existing::Reuse && is_ready(plan, &python) {
         log::debug!("reusing python environment {}", plan.dir.display());
-        return Ok(python);
+        return Ok((python, Action::Reused));
+    }
+    if plan.existing == Existing::Verify && is_ready(plan, &python) {
+        if let Some(checked) = intact(plan, progress) {
+            return Ok((python, checked));
+        }
     }
     let _lock = lock(plan, progress)?;
-    if is_ready(plan, &python) {
-        // Someone else finished it while this caller waited for the lock.
-        log::debug!(
-            "python environment {} was set up concurrently",
-            plan.dir.display()
-        );
-        return Ok(python);
-    }
-    match read_marker(&plan.dir) {
-        Some(marker) if marker.requirements_hash == plan.requirements.hash && python.exists() => {
-            // Installed earlier by a caller that did not need dspy; only the check is missing.
-            verify_dspy(plan, &python, progress)?;
+    let action = match plan.existing {
+        Existing::Rebuild => {
+            build(plan, &python, progress, true)?;
+            Action::Built
         }
-        _ => build(plan, &python, progress)?,
+        _ if is_ready(plan, &python) => match plan.existing {
+            // Someone else finished it while this caller waited for the lock.
+            Existing::Reuse => Action::Reused,
+            _ => match intact(plan, progress) {
+                Some(checked) => checked,
+                None => repair(plan, &python, progress)?,
+            },
+        },
+        _ => match read_marker(&plan.dir) {
+            Some(marker)
+                if marker.requirements_hash == plan.requirements.hash && python.exists() =>
+            {
+                // Installed earlier by a caller that did not need dspy; only the check is
+                // missing.
+                verify_dspy(plan, &python, progress)?;
+                Action::Reused
+            }
+            _ => {
+                build(plan, &python, progress, false)?;
+                Action::Built
+            }
+        },
+    };
+    if action != Action::Reused {
+        let done = format!("python environment ready: {}", plan.dir.display());
+        progress(Progress::Done(&done));
     }
-    let done = format!("python environment ready: {}", plan.dir.display());
-    progress(Progress::Done(&done));
-    Ok(python)
+    Ok((python, action))
     // `_lock` is dropped here; closing the file releases the lock.
+}
+
+/// `Some(Verified)` when every installed file matches pip's records.
+fn intact(plan: &Plan<'_>, progress: &mut dyn FnMut(Progress<'_>)) -> Option<Action> {
+    let step = format!("checking the installed files of {}", plan.dir.display());
+    progress(Progress::Step(&step));
+    match record::check(&plan.dir, true) {
+        Ok((checked, None)) => Some(Action::Verified {
+            distributions: checked.distributions,
+            files: checked.files,
+        }),
+        Ok((_, Some(damage))) => {
+            log::warn!(
+                "python environment {} is damaged: {}",
+                plan.dir.display(),
+                damage.summary()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!("cannot list the packages of {}: {e}", plan.dir.display());
+            None
+        }
+    }
+}
+
+/// Reinstalls the damaged packages of a ready venv; rebuilds a cache venv when that is not
+/// enough. Called with the lock held.
+fn repair(
+    plan: &Plan<'_>,
+    python: &Path,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Action, EnvError> {
+    let damage = match record::check(&plan.dir, true) {
+        Ok((_, damage)) => damage,
+        Err(_) => None,
+    };
+    // Without the marker an interrupted repair is never mistaken for a working venv.
+    let marker = plan.dir.join(MARKER);
+    ignore_missing(&marker, fs::remove_file(&marker))?;
+    let reinstalled = match &damage {
+        Some(damage) => reinstall(plan, python, damage, progress),
+        None => Err(None),
+    };
+    match reinstalled {
+        Ok(specs) => {
+            write_marker(plan, false)?;
+            if plan.require_dspy {
+                verify_dspy(plan, python, progress)?;
+            }
+            Ok(Action::Repaired(specs))
+        }
+        Err(why) if plan.disposable => {
+            if let Some(why) = why {
+                log::warn!("reinstalling the damaged packages did not help ({why}); rebuilding");
+            }
+            build(plan, python, progress, true)?;
+            Ok(Action::Built)
+        }
+        Err(why) => {
+            let damage = damage.unwrap_or(Damage {
+                named: vec![],
+                count: 0,
+                distributions: vec![],
+            });
+            Err(EnvError::VenvDamaged {
+                venv: plan.dir.clone(),
+                summary: why.unwrap_or_else(|| damage.summary()),
+                distributions: damage.distributions,
+            })
+        }
+    }
+}
+
+/// `pip install --force-reinstall --no-deps name==version` for each damaged distribution,
+/// then checks again. `Err(Some(why))` when that did not repair the venv, `Err(None)` when
+/// it could not be tried (pip itself is damaged).
+fn reinstall(
+    plan: &Plan<'_>,
+    python: &Path,
+    damage: &Damage,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Vec<String>, Option<String>> {
+    if damage.distributions.is_empty()
+        || damage
+            .distributions
+            .iter()
+            .any(|(name, version)| name == "pip" || version.is_empty())
+    {
+        return Err(None);
+    }
+    let specs: Vec<String> = damage
+        .distributions
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    let step = format!(
+        "repairing {}: {}; reinstalling {}",
+        plan.dir.display(),
+        damage.summary(),
+        specs.join(" ")
+    );
+    log::info!("{step}");
+    progress(Progress::Step(&step));
+    let mut cmd = Command::new(python);
+    cmd.args(PIP_INSTALL)
+        .args(["--force-reinstall", "--no-deps"])
+        .args(&specs);
+    pip(&mut cmd, python, &plan.dir, progress).map_err(|e| Some(e.to_string()))?;
+    match record::check(&plan.dir, true) {
+        Ok((_, None)) => Ok(specs),
+        Ok((_, Some(left))) => Err(Some(left.summary())),
+        Err(e) => Err(Some(e.to_string())),
+    }
 }
 
 fn is_ready(plan: &Plan<'_>, python: &Path) -> bool {
@@ -161,10 +307,13 @@ fn lock(plan: &Plan<'_>, progress: &mut dyn FnMut(Progress<'_>)) -> Result<File,
 }
 
 /// Creates the venv (or completes a user-named one) and installs the requirements.
+/// `again`: an existing venv is rebuilt on purpose, not because it is incomplete (a
+/// user-named one gets its requirements reinstalled).
 fn build(
     plan: &Plan<'_>,
     python: &Path,
     progress: &mut dyn FnMut(Progress<'_>),
+    again: bool,
 ) -> Result<(), EnvError> {
     let dir = &plan.dir;
     // A stale marker must not outlive the install it described: if this one is interrupted, a
@@ -172,13 +321,17 @@ fn build(
     let marker = dir.join(MARKER);
     ignore_missing(&marker, fs::remove_file(&marker))?;
     if plan.disposable && dir.exists() {
-        let step = format!("removing the incomplete environment {}", dir.display());
+        let step = if again {
+            format!("removing the environment {} to rebuild it", dir.display())
+        } else {
+            format!("removing the incomplete environment {}", dir.display())
+        };
         log::info!("{step}");
         progress(Progress::Step(&step));
         ignore_missing(dir, fs::remove_dir_all(dir))?;
     }
     if !python.exists() {
-        let bootstrap = interpreter::find_bootstrap(plan.bootstrap.clone())?;
+        let (bootstrap, _) = interpreter::find_bootstrap(plan.bootstrap.clone())?;
         let step = format!(
             "creating a virtual environment at {} with {}",
             dir.display(),
@@ -187,6 +340,15 @@ fn build(
         log::info!("{step}");
         progress(Progress::Step(&step));
         create_venv(&bootstrap, dir)?;
+        if plan.disposable {
+            // `python -m venv` follows the umask; the cache's own directory must be private.
+            let private = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+            fs::set_permissions(dir, private).map_err(|source| EnvError::CacheNotWritable {
+                action: "make private",
+                path: dir.clone(),
+                source,
+            })?;
+        }
     }
     let copy = dir.join(REQUIREMENTS_COPY);
     fs::write(&copy, &plan.requirements.text).map_err(|source| EnvError::CacheNotWritable {
@@ -202,7 +364,13 @@ fn build(
     );
     log::info!("{step}");
     progress(Progress::Step(&step));
-    pip_install(python, requirements_file, dir, progress)?;
+    let mut cmd = Command::new(python);
+    cmd.args(PIP_INSTALL);
+    if again && !plan.disposable {
+        cmd.arg("--force-reinstall");
+    }
+    cmd.arg("-r").arg(requirements_file);
+    pip(&mut cmd, python, dir, progress)?;
     write_marker(plan, false)?;
     if plan.require_dspy {
         verify_dspy(plan, python, progress)?;
@@ -265,27 +433,27 @@ fn venv_module_missing(output: &str) -> bool {
         || output.contains("No module named 'ensurepip'")
 }
 
-fn pip_install(
+/// `pip install` and the flags every install uses.
+const PIP_INSTALL: &[&str] = &[
+    "-m",
+    "pip",
+    "install",
+    "--disable-pip-version-check",
+    "--no-input",
+    "--progress-bar",
+    "off",
+];
+
+/// Runs a pip command, streaming its output as progress.
+fn pip(
+    cmd: &mut Command,
     python: &Path,
-    requirements: &Path,
     venv: &Path,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(), EnvError> {
-    let mut cmd = Command::new(python);
-    cmd.args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
-        "-r",
-    ])
-    .arg(requirements)
     // pip's log lines should reach the user as they happen, not when a buffer fills.
-    .env("PYTHONUNBUFFERED", "1");
-    let (status, last) = run_streaming(&mut cmd, &mut |line| {
+    cmd.env("PYTHONUNBUFFERED", "1");
+    let (status, last) = run_streaming(cmd, &mut |line| {
         log::debug!("pip: {line}");
         progress(Progress::Line(line));
     })
@@ -310,7 +478,7 @@ fn verify_dspy(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(), EnvError> {
     progress(Progress::Step("checking that dspy imports"));
-    if let Some(tail) = interpreter::dspy_import_error(python) {
+    if let Err(tail) = interpreter::dspy_version(python) {
         // Without a marker the next `dspex setup` installs again instead of re-running this
         // check forever, which is what fixes a damaged install.
         let marker = plan.dir.join(MARKER);

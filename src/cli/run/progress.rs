@@ -4,11 +4,15 @@
 //! in bytes and its position the bytes of input whose output is written, so it shows a
 //! real fraction and an ETA (a pipe has no size: then it is a counter). Anywhere else
 //! (CI logs, `2> file`) redrawing would spam, so a plain line is printed every few
-//! seconds instead.
+//! seconds instead. Every write to stderr ignores errors: a run whose stderr reader went
+//! away (`2>&1 | head -1`) still finishes its output.
 
 use std::time::{Duration, Instant};
 
+use dspex::{TokenUsage, Usage};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::note;
 
 /// How often plain progress lines are printed when stderr is not a terminal.
 pub const LINE_INTERVAL: Duration = Duration::from_secs(2);
@@ -20,6 +24,10 @@ pub struct RunProgress {
     started: Instant,
     ok: u64,
     failed: u64,
+    /// Rows taken over from the output a resume completes, counted in `ok`/`failed`.
+    kept: u64,
+    /// Tokens and cost of the rows run now.
+    usage: TokenUsage,
     bar: Option<ProgressBar>,
 }
 
@@ -47,6 +55,8 @@ impl RunProgress {
             started: Instant::now(),
             ok: 0,
             failed: 0,
+            kept: 0,
+            usage: TokenUsage::default(),
             bar,
         }
     }
@@ -66,6 +76,18 @@ impl RunProgress {
         }
     }
 
+    /// A row kept from an earlier output (`--resume`) was written.
+    pub fn row_kept(&mut self, ok: bool, end_offset: Option<u64>) {
+        self.kept += 1;
+        self.row_written(ok, end_offset);
+    }
+
+    /// Adds a row's LM usage to the run's totals.
+    pub fn add_usage(&mut self, usage: &Usage) {
+        self.usage.add(&usage.total());
+    }
+
+    #[cfg(test)]
     pub fn ok(&self) -> u64 {
         self.ok
     }
@@ -88,11 +110,11 @@ impl RunProgress {
     /// The periodic plain line (no-op when a bar is drawn).
     pub fn tick(&self) {
         if self.bar.is_none() {
-            eprintln!(
+            note(format_args!(
                 "dspex: {} in {:.1}s",
                 self.counts(),
                 self.started.elapsed().as_secs_f64()
-            );
+            ));
         }
     }
 
@@ -100,7 +122,7 @@ impl RunProgress {
     pub fn note(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.println(message),
-            None => eprintln!("{message}"),
+            None => note(message),
         }
     }
 
@@ -119,6 +141,12 @@ impl RunProgress {
             rate(rows, elapsed),
             self.startup.as_secs_f64()
         );
+        if self.kept > 0 {
+            line.push_str(&format!("; {} rows kept from before", self.kept));
+        }
+        if let Some(usage) = usage_summary(&self.usage) {
+            line.push_str(&format!("; {usage}"));
+        }
         if let Some(signal) = stopped_by {
             line.push_str(&format!(
                 "; stopped by {signal}, output covers the rows read"
@@ -139,8 +167,24 @@ impl RunProgress {
                 ));
             }
         }
-        eprintln!("{line}");
+        note(line);
     }
+}
+
+/// `"1234 tokens (1000 prompt + 234 completion) in 10 LM calls, cost $0.0012"`; the cost
+/// only when the provider's price was known for every call.
+fn usage_summary(usage: &TokenUsage) -> Option<String> {
+    if usage.calls == 0 && usage.total_tokens == 0 {
+        return None;
+    }
+    let mut text = format!(
+        "{} tokens ({} prompt + {} completion) in {} LM calls",
+        usage.total_tokens, usage.prompt_tokens, usage.completion_tokens, usage.calls
+    );
+    if let Some(cost) = usage.cost {
+        text.push_str(&format!(", cost ${cost:.4}"));
+    }
+    Some(text)
 }
 
 fn rate(rows: u64, elapsed: Duration) -> f64 {
@@ -177,6 +221,29 @@ mod tests {
         p.row_written(true, Some(30));
         assert_eq!((p.ok(), p.failed()), (2, 1));
         assert!(p.counts().starts_with("3 rows (2 ok, 1 failed)"));
+    }
+
+    #[test]
+    fn usage_totals_add_up_and_show_cost_only_when_known() {
+        let row = |cost: Option<f64>| {
+            dspex::Usage::from_wire(Some(&serde_json::json!({"m": {
+                "prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+                "cost": cost, "calls": 1
+            }})))
+        };
+        let mut p = RunProgress::new(false, None, Duration::ZERO);
+        assert_eq!(usage_summary(&p.usage), None);
+        p.add_usage(&row(Some(0.5)));
+        p.add_usage(&row(Some(0.25)));
+        assert_eq!(
+            usage_summary(&p.usage).unwrap(),
+            "28 tokens (20 prompt + 8 completion) in 2 LM calls, cost $0.7500"
+        );
+        p.add_usage(&row(None));
+        assert_eq!(
+            usage_summary(&p.usage).unwrap(),
+            "42 tokens (30 prompt + 12 completion) in 3 LM calls"
+        );
     }
 
     #[test]

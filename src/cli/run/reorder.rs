@@ -4,6 +4,9 @@
 //! releases the contiguous run. Its size is bounded by the caller, which stops reading
 //! input while the gap between the next row to read and the next row to write is too
 //! wide (one slow row must not make memory grow with the input).
+//!
+//! A shard writes every `N`th row starting at `K`, so the buffer counts in steps: the
+//! row after `i` is `i + step`.
 
 use std::collections::BTreeMap;
 
@@ -11,19 +14,26 @@ use std::collections::BTreeMap;
 #[derive(Debug)]
 pub struct Reorder<T> {
     next: u64,
+    step: u64,
     waiting: BTreeMap<u64, T>,
 }
 
 impl<T> Default for Reorder<T> {
     fn default() -> Self {
-        Reorder {
-            next: 0,
-            waiting: BTreeMap::new(),
-        }
+        Reorder::new(0, 1)
     }
 }
 
 impl<T> Reorder<T> {
+    /// Releases rows `first`, `first + step`, `first + 2 * step`, ...
+    pub fn new(first: u64, step: u64) -> Self {
+        Reorder {
+            next: first,
+            step: step.max(1),
+            waiting: BTreeMap::new(),
+        }
+    }
+
     /// The index of the next row to be released.
     pub fn next_index(&self) -> u64 {
         self.next
@@ -50,7 +60,7 @@ impl<T> Reorder<T> {
     /// The next row in order, if it has finished.
     pub fn pop(&mut self) -> Option<T> {
         let item = self.waiting.remove(&self.next)?;
-        self.next += 1;
+        self.next += self.step;
         Some(item)
     }
 }
@@ -87,6 +97,16 @@ mod tests {
             r.insert(i as u64, item);
             assert_eq!(r.pop(), Some(item));
         }
+    }
+
+    #[test]
+    fn a_shard_releases_every_step_th_row() {
+        let mut r = Reorder::new(1, 3);
+        r.insert(4, "e");
+        assert!(drain(&mut r).is_empty());
+        r.insert(1, "b");
+        assert_eq!(drain(&mut r), ["b", "e"]);
+        assert_eq!(r.next_index(), 7);
     }
 
     #[test]

@@ -4,17 +4,30 @@
 //! object fails as `input`, a row whose inputs do not fit the program fails as
 //! `validation` (the [`Runner`] validates, once). Only the program's inputs are taken
 //! from the row, so rows can carry ids, labels or anything else alongside them.
+//!
+//! A row's `id` is echoed as it was written: JSON numbers become `f64` once they leave
+//! the 64-bit integers, so an id such as `123456789012345678901234` (or `1.10`) is kept as
+//! its raw text rather than as a parsed value.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::cli::source::{RowInput, RowOutput, Runner};
 
+/// A row's `id` exactly as the input wrote it (`null` when it has none).
+pub type Id = Box<RawValue>;
+
+/// The id of a row without one.
+pub fn null_id() -> Id {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
 /// A row ready to run.
 #[derive(Debug, Clone)]
 pub struct Row {
-    /// The row's `id`, echoed in its output line; `null` when it has none.
-    pub id: Value,
+    /// The row's `id`, echoed in its output line.
+    pub id: Id,
     pub input: RowInput,
 }
 
@@ -41,9 +54,9 @@ impl From<&dspex::Error> for RowError {
 }
 
 /// A row that failed before it could run keeps its id when the line had one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Rejected {
-    pub id: Value,
+    pub id: Id,
     pub error: RowError,
 }
 
@@ -60,9 +73,9 @@ pub fn parse(line: &[u8], line_no: u64, runner: &Runner) -> Result<Row, Rejected
 }
 
 /// The JSON object on a line, and its `id`.
-pub fn parse_object(line: &[u8], line_no: u64) -> Result<(Value, Map<String, Value>), Rejected> {
+pub fn parse_object(line: &[u8], line_no: u64) -> Result<(Id, Map<String, Value>), Rejected> {
     let input_error = |message: String| Rejected {
-        id: Value::Null,
+        id: null_id(),
         error: RowError::new("input", format!("line {line_no}: {message}")),
     };
     let value: Value = serde_json::from_slice(line).map_err(|e| {
@@ -76,8 +89,44 @@ pub fn parse_object(line: &[u8], line_no: u64) -> Result<(Value, Map<String, Val
             kind_of(&value)
         )));
     };
-    let id = object.get("id").cloned().unwrap_or(Value::Null);
+    let id = id_of(line, object.get("id"));
     Ok((id, object))
+}
+
+/// The raw text of the `id` when parsing would change it (a number that is not a 64-bit
+/// integer), else the parsed value written back (the common case, without a second parse).
+fn id_of(line: &[u8], id: Option<&Value>) -> Id {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: &'a RawValue,
+    }
+    let exact = |v: &Value| serde_json::value::to_raw_value(v).unwrap_or_else(|_| null_id());
+    match id {
+        None => null_id(),
+        Some(Value::Number(n)) if !n.is_u64() && !n.is_i64() => {
+            match serde_json::from_slice::<IdOnly<'_>>(line) {
+                Ok(raw) => raw.id.to_owned(),
+                Err(_) => exact(&Value::Number(n.clone())),
+            }
+        }
+        Some(value) => exact(value),
+    }
+}
+
+/// An error line for a row that never got parsed (a line too long to read).
+pub fn too_long(index: u64, line_no: u64, limit: u64) -> String {
+    render(
+        index,
+        &null_id(),
+        &Err(RowError::new(
+            "input",
+            format!(
+                "line {line_no}: longer than run.max_line_bytes ({limit} bytes); the line was \
+                 skipped without being read into memory"
+            ),
+        )),
+    )
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -94,7 +143,7 @@ fn kind_of(value: &Value) -> &'static str {
 #[derive(Serialize)]
 struct OutputLine<'a> {
     index: u64,
-    id: &'a Value,
+    id: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     outputs: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,7 +154,7 @@ struct OutputLine<'a> {
 
 /// The output line (without the newline) for row `index`: its outputs and, when it made
 /// LM calls, their usage summed over models.
-pub fn render(index: u64, id: &Value, result: &Result<RowOutput, RowError>) -> String {
+pub fn render(index: u64, id: &RawValue, result: &Result<RowOutput, RowError>) -> String {
     let line = match result {
         Ok(output) => OutputLine {
             index,
@@ -132,13 +181,39 @@ mod tests {
 
     use super::*;
 
+    fn raw(value: Value) -> Id {
+        serde_json::value::to_raw_value(&value).unwrap()
+    }
+
     #[test]
     fn a_row_keeps_its_id_or_gets_null() {
         let (id, object) = parse_object(br#"{"id": "q1", "question": "why?"}"#, 1).unwrap();
-        assert_eq!(id, json!("q1"));
+        assert_eq!(id.get(), r#""q1""#);
         assert_eq!(object["question"], "why?");
         let (id, _) = parse_object(br#"{"question": "q"}"#, 1).unwrap();
-        assert_eq!(id, Value::Null);
+        assert_eq!(id.get(), "null");
+    }
+
+    #[test]
+    fn numeric_ids_are_echoed_exactly_as_written() {
+        for (line, expected) in [
+            (&br#"{"id": 9007199254740993}"#[..], "9007199254740993"),
+            (br#"{"id": 18446744073709551615}"#, "18446744073709551615"),
+            (
+                br#"{"id": 123456789012345678901234567890}"#,
+                "123456789012345678901234567890",
+            ),
+            (br#"{"id": -92233720368547758080}"#, "-92233720368547758080"),
+            (br#"{"id":1.10, "q": 1}"#, "1.10"),
+        ] {
+            let (id, _) = parse_object(line, 1).unwrap_or_else(|r| panic!("{:?}", r.error));
+            assert_eq!(id.get(), expected);
+            let rendered = render(0, &id, &Err(RowError::new("x", "y")));
+            assert!(
+                rendered.contains(&format!("\"id\":{expected},")),
+                "{rendered}"
+            );
+        }
     }
 
     #[test]
@@ -150,7 +225,7 @@ mod tests {
             "{}",
             rejected.error.message
         );
-        assert_eq!(rejected.id, Value::Null);
+        assert_eq!(rejected.id.get(), "null");
     }
 
     #[test]
@@ -173,7 +248,7 @@ mod tests {
             usage: dspex::Usage::default(),
         };
         assert_eq!(
-            render(3, &json!("a"), &Ok(output)),
+            render(3, &raw(json!("a")), &Ok(output)),
             r#"{"index":3,"id":"a","outputs":{"answer":"42"}}"#
         );
         let usage = dspex::Usage::from_wire(Some(&json!({"m": {
@@ -184,11 +259,11 @@ mod tests {
             usage,
         };
         assert_eq!(
-            render(4, &json!(null), &Ok(output)),
+            render(4, &null_id(), &Ok(output)),
             r#"{"index":4,"id":null,"outputs":{"answer":"42"},"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"cost":null,"calls":1}}"#
         );
         assert_eq!(
-            render(0, &Value::Null, &Err(RowError::new("input", "line 1: bad"))),
+            render(0, &null_id(), &Err(RowError::new("input", "line 1: bad"))),
             r#"{"index":0,"id":null,"error":{"kind":"input","message":"line 1: bad"}}"#
         );
     }
