@@ -158,6 +158,80 @@ pub struct LmConfig {
     pub requests_per_minute: u32,
 }
 
+impl LmConfig {
+    /// The LM settings as the bridge reads them (`DSPEX_LM`, or a request's `lm`): every
+    /// key it uses, the timeout in seconds. The disk cache needs a directory, so an unset
+    /// `cache_dir` becomes `<dspex cache dir>/lm-cache`; with no cache directory at all the
+    /// cache falls back to memory rather than failing every worker.
+    pub fn to_wire(&self) -> serde_json::Value {
+        let mut cache = self.cache;
+        let cache_dir = match (cache, &self.cache_dir) {
+            (LmCache::Disk, Some(dir)) => {
+                Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+            }
+            (LmCache::Disk, None) => match crate::python_env::lm_cache_dir() {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    log::warn!("lm.cache = \"disk\" falls back to \"memory\": {e}");
+                    cache = LmCache::Memory;
+                    None
+                }
+            },
+            _ => None,
+        };
+        serde_json::json!({
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "api_base": self.api_base,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout": self.timeout.as_secs_f64(),
+            "num_retries": self.num_retries,
+            "extra": self.extra,
+            "cache": cache.as_str(),
+            "cache_dir": cache_dir,
+        })
+    }
+
+    /// Checks settings built in code the way reading a config file does, so a bad value
+    /// fails where it is set instead of on the next execution.
+    ///
+    /// # Errors
+    ///
+    /// A [`ValidationError`](crate::signature::ValidationError) naming the `lm.*` key.
+    pub fn check(&self) -> Result<(), crate::signature::ValidationError> {
+        let bad = |field: &str, message: String| {
+            Err(crate::signature::ValidationError::new(field, message))
+        };
+        if self.model.trim().is_empty() {
+            return bad(
+                "lm.model",
+                "the model must not be empty; use \"dummy\" or a DSPy model string like \"openai/gpt-4o-mini\"".into(),
+            );
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(
+                "lm.temperature",
+                format!("must be a finite number ≥ 0, got {}", self.temperature),
+            );
+        }
+        if self.max_tokens == 0 {
+            return bad("lm.max_tokens", "must be at least 1".into());
+        }
+        if self
+            .api_key_env
+            .as_deref()
+            .is_some_and(|v| v.trim().is_empty())
+        {
+            return bad(
+                "lm.api_key_env",
+                "must name an environment variable, or be left out".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `lm.cache`: which tiers of DSPy's response cache are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LmCache {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use dspex_actors::LaunchSpec;
 
-use crate::config::{Config, LmCache};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::python_env::{PythonEnv, PythonSetup};
 
@@ -74,7 +74,7 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
         "DSPEX_WORKER_CONCURRENCY".into(),
         config.pool.worker_concurrency.to_string(),
     ));
-    vars.push(("DSPEX_LM".into(), lm_json(config).to_string()));
+    vars.push(("DSPEX_LM".into(), config.lm.to_wire().to_string()));
     vars.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
     if !python.path.is_empty() {
         vars.push(("DSPEX_PYTHON_PATH".into(), join_paths(&python.path)?));
@@ -89,18 +89,14 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
     if preload_dspy && python.script.is_none() {
         vars.push(("DSPEX_PRELOAD_DSPY".into(), "1".into()));
     }
-    vars.push(("DSPEX_LM_MODEL".into(), config.lm.model.clone()));
-    if let Some(key) = &config.lm.api_key_env {
-        vars.push(("DSPEX_LM_API_KEY_ENV".into(), key.clone()));
+    if let Some(limit) = config.worker_memory_limit {
+        // Informational: the bridge names the limit in its MemoryError messages.
+        vars.push(("DSPEX_MEMORY_LIMIT".into(), limit.to_string()));
+        // Every thread's malloc arena reserves 64 MiB of address space, which RLIMIT_AS
+        // counts although little of it is ever used: two arenas keep a worker's request
+        // threads from spending the limit on reservations.
+        vars.push(("MALLOC_ARENA_MAX".into(), "2".into()));
     }
-    vars.push((
-        "DSPEX_LM_TEMPERATURE".into(),
-        config.lm.temperature.to_string(),
-    ));
-    vars.push((
-        "DSPEX_LM_MAX_TOKENS".into(),
-        config.lm.max_tokens.to_string(),
-    ));
     // `python.env` wins over everything inherited or derived.
     for (k, v) in &python.env {
         vars.retain(|(name, _)| name != k);
@@ -128,38 +124,5 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
         transport: python.transport,
         memory_limit: config.worker_memory_limit,
         lifeline: bundled,
-    })
-}
-
-/// The worker's default LM, as the bridge reads it from `DSPEX_LM` (contract §4): every
-/// `[lm]` key the bridge uses, the timeout in seconds. The disk cache needs a directory,
-/// so an unset `lm.cache_dir` becomes `<dspex cache dir>/lm-cache`; with no cache
-/// directory at all the cache falls back to memory rather than failing every worker.
-fn lm_json(config: &Config) -> serde_json::Value {
-    let lm = &config.lm;
-    let mut cache = lm.cache;
-    let cache_dir = match (cache, &lm.cache_dir) {
-        (LmCache::Disk, Some(dir)) => Some(absolute(dir)),
-        (LmCache::Disk, None) => match crate::python_env::lm_cache_dir() {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                log::warn!("lm.cache = \"disk\" falls back to \"memory\": {e}");
-                cache = LmCache::Memory;
-                None
-            }
-        },
-        _ => None,
-    };
-    serde_json::json!({
-        "model": lm.model,
-        "api_key_env": lm.api_key_env,
-        "api_base": lm.api_base,
-        "temperature": lm.temperature,
-        "max_tokens": lm.max_tokens,
-        "timeout": lm.timeout.as_secs_f64(),
-        "num_retries": lm.num_retries,
-        "extra": lm.extra,
-        "cache": cache.as_str(),
-        "cache_dir": cache_dir,
     })
 }

@@ -309,9 +309,16 @@ impl Builder {
                         error_type,
                         message,
                         ..
-                    } => Error::Environment(format!(
-                        "workers cannot start: the bridge raised {error_type}: {message} (check python.handlers and python.path)"
-                    )),
+                    } => {
+                        let hint = if system.config().python.handlers.is_empty() {
+                            "check the Python environment (`dspex doctor`; `dspex setup` repairs the managed venv)"
+                        } else {
+                            "check python.handlers and python.path"
+                        };
+                        Error::Environment(format!(
+                            "workers cannot start: the bridge raised {error_type}: {message} ({hint})"
+                        ))
+                    }
                     other => Error::from(other),
                 })
             }

@@ -184,84 +184,8 @@ pub struct Capabilities {
     pub fake_outputs: bool,
 }
 
-/// The language model settings [`Adapter::configure_lm`] takes (the `[lm]` section).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LmSettings {
-    /// `"dummy"` (deterministic, offline) or a DSPy/LiteLLM model string.
-    pub model: String,
-    /// The environment variable that holds the API key, if the model needs one.
-    pub api_key_env: Option<String>,
-    /// Sampling temperature, finite and ≥ 0.
-    pub temperature: f64,
-    /// Token limit per call, ≥ 1.
-    pub max_tokens: u32,
-}
-
-impl LmSettings {
-    /// The offline `dummy` model with the defaults of `config/dspex.toml`.
-    pub fn dummy() -> Self {
-        LmSettings::from(&crate::config::Config::default().lm)
-    }
-
-    /// Checks the settings the way the configuration does, so a bad value fails at
-    /// `configure_lm` instead of on the next execution.
-    ///
-    /// # Errors
-    ///
-    /// `validation` naming the offending `lm.*` key.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, message: String| {
-            Err(Error::Validation(ValidationError::new(field, message)))
-        };
-        if self.model.trim().is_empty() {
-            return bad(
-                "lm.model",
-                "the model must not be empty; use \"dummy\" or a DSPy model string like \"openai/gpt-4o-mini\"".into(),
-            );
-        }
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad(
-                "lm.temperature",
-                format!("must be a finite number ≥ 0, got {}", self.temperature),
-            );
-        }
-        if self.max_tokens == 0 {
-            return bad("lm.max_tokens", "must be at least 1".into());
-        }
-        if self
-            .api_key_env
-            .as_deref()
-            .is_some_and(|v| v.trim().is_empty())
-        {
-            return bad(
-                "lm.api_key_env",
-                "must name an environment variable, or be left out".into(),
-            );
-        }
-        Ok(())
-    }
-
-    /// The `lm` argument of the bridge's `execute_program`.
-    pub fn to_wire(&self) -> Value {
-        json!({
-            "model": self.model,
-            "api_key_env": self.api_key_env,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        })
-    }
-}
-
-impl From<&LmConfig> for LmSettings {
-    fn from(lm: &LmConfig) -> Self {
-        LmSettings {
-            model: lm.model.clone(),
-            api_key_env: lm.api_key_env.clone(),
-            temperature: lm.temperature,
-            max_tokens: lm.max_tokens,
-        }
-    }
-}
+/// The LM settings an adapter runs programs with: the `[lm]` section itself.
+pub type LmSettings = LmConfig;
 
 /// What [`Adapter::health_check`] reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -438,7 +438,7 @@ mod suite {
             .await
             .unwrap();
         let inputs = obj(json!({"question": "?"}));
-        let mut bad = LmSettings::dummy();
+        let mut bad = dspex::Config::default().lm;
         bad.max_tokens = 0;
         let err = adapter.configure_lm(bad).await.unwrap_err();
         assert_eq!(err.kind(), "validation", "[{who}] {err}");
@@ -447,8 +447,8 @@ mod suite {
         let unreachable = LmSettings {
             model: "openai/gpt-4o-mini".into(),
             api_key_env: Some("DSPEX_ADAPTER_TEST_UNSET_KEY".into()),
-            temperature: 0.0,
             max_tokens: 16,
+            ..dspex::Config::default().lm
         };
         adapter.configure_lm(unreachable).await.unwrap();
         let result = adapter
@@ -464,7 +464,10 @@ mod suite {
         } else {
             assert!(result.is_ok(), "[{who}] {result:?}");
         }
-        adapter.configure_lm(LmSettings::dummy()).await.unwrap();
+        adapter
+            .configure_lm(dspex::Config::default().lm)
+            .await
+            .unwrap();
         let out = adapter.execute_program(Some(&s), "qa", inputs).await;
         assert!(
             out.is_ok_and(|o| o["answer"].is_string()),

@@ -363,7 +363,7 @@ impl Adapter for Mock {
 
     async fn configure_lm(&self, lm: LmSettings) -> Result<()> {
         let mut state = self.enter("configure_lm", None, &self.anonymous)?;
-        lm.validate()?;
+        lm.check()?;
         state.lm = Some(lm);
         Ok(())
     }
@@ -391,7 +391,7 @@ impl Adapter for Mock {
             "calls": state.calls,
             "sessions": state.sessions.len(),
             "programs": state.sessions.values().map(BTreeMap::len).sum::<usize>(),
-            "lm": state.lm,
+            "lm": state.lm.as_ref().map(LmSettings::to_wire),
         }))
     }
 
@@ -591,7 +591,7 @@ mod tests {
     #[tokio::test]
     async fn configure_lm_keeps_valid_settings_and_rejects_bad_ones() {
         let mock = Mock::new();
-        let mut lm = LmSettings::dummy();
+        let mut lm = crate::config::Config::default().lm;
         lm.temperature = -1.0;
         let err = mock.configure_lm(lm).await.unwrap_err();
         assert!(
@@ -599,8 +599,10 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(mock.lm(), None);
-        mock.configure_lm(LmSettings::dummy()).await.unwrap();
-        assert_eq!(mock.lm(), Some(LmSettings::dummy()));
+        mock.configure_lm(crate::config::Config::default().lm)
+            .await
+            .unwrap();
+        assert_eq!(mock.lm(), Some(crate::config::Config::default().lm));
     }
 
     #[tokio::test]

@@ -130,7 +130,7 @@ impl SystemBacked {
 
     pub(crate) fn configure_lm(&self, lm: LmSettings) -> Result<()> {
         self.check_running()?;
-        lm.validate()?;
+        lm.check()?;
         *self.lm.lock().unwrap_or_else(|e| e.into_inner()) = Some(lm);
         Ok(())
     }
@@ -157,7 +157,7 @@ impl SystemBacked {
             "restarts": status.restarts,
             "pool": status.pool,
             "sessions": status.sessions,
-            "lm": lm,
+            "lm": lm.as_ref().map(LmSettings::to_wire),
         }))
     }
 

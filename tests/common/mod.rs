@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (process-wrap style `prelude`).
 #![allow(dead_code)]
 
+pub mod lm_server;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
