@@ -111,6 +111,7 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-concurrency", type=int, default=8, help="dspex's default")
     args = parser.parse_args()
+    args.dspex = os.path.abspath(args.dspex)
     python = venv_python(args.dspex)
     concurrency = args.workers * args.worker_concurrency
     print(f"rows={args.rows} workers={args.workers} C={concurrency} cores={os.cpu_count()}")

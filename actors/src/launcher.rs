@@ -3,7 +3,7 @@
 //! touching the actors.
 //!
 //! Two launchers exist: [`ProcessLauncher`] starts real processes, and
-//! [`InMemoryLauncher`](crate::testing::InMemoryLauncher) runs a scripted fake worker on
+//! `testing::InMemoryLauncher` (feature `testing`) runs a scripted fake worker on
 //! in-memory pipes for tests. A launcher of one's own builds on [`spawn_process`] and hands
 //! back a [`Connection`].
 
@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 pub use crate::worker::process::{
     describe_exit, spawn as spawn_process, ChildProcess, LaunchSpec, ProcessLauncher, StopStep,
-    Stopped, TransportKind,
+    Stopped, TransportKind, LIFELINE_FD,
 };
-pub use crate::worker::transport::{log_lines, BoxRead, BoxWrite, Connection, LogStream};
+pub use crate::worker::transport::{
+    log_lines, BoxRead, BoxWrite, Connection, LogStream, MAX_LOG_LINE, TRUNCATED_MARK,
+};
 
 /// Starts one worker and returns the host's ends of its transport.
 ///

@@ -10,8 +10,8 @@
 //! is global: every actor is reached through addresses handed down from the [`Supervisor`]
 //! that started it, so any number of systems can share a process. Only this facade is
 //! public: the [`Supervisor`] and its messages, the session registry's messages, the wire
-//! [`protocol`], the launcher interface with the process launcher, the status types, and
-//! the in-memory fakes of [`testing`].
+//! [`protocol`], the launcher interface with the process launcher, the status types, and,
+//! with the `testing` feature, the in-memory fakes of `testing`.
 
 mod config;
 mod error;
@@ -20,6 +20,7 @@ mod pool;
 pub mod protocol;
 pub mod session;
 mod supervisor;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod worker;
 
@@ -31,6 +32,7 @@ pub use error::{ActorError, Disposition, ErrorClassifier, TimeoutStage, WorkerFa
 pub use launcher::{
     describe_exit, log_lines, spawn_process, BoxRead, BoxWrite, ChildProcess, Connection,
     LaunchSpec, LogStream, ProcessLauncher, StopStep, Stopped, TransportKind, WorkerLauncher,
+    LIFELINE_FD, MAX_LOG_LINE, TRUNCATED_MARK,
 };
 pub use pool::{LatencySummary, PoolStatus, PoolTotals, RateStatus};
 pub use supervisor::{

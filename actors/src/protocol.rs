@@ -3,7 +3,7 @@
 //!
 //! The message types live here together with [`FrameCodec`], the one codec both sides use:
 //! the host decodes [`Response`]s and encodes [`Request`]s, the in-memory fake worker in
-//! [`crate::testing`] does the reverse. Keeping both directions on one codec means the fake
+//! `testing` module does the reverse. Keeping both directions on one codec means the fake
 //! exercises exactly the framing a real worker sees.
 //!
 //! Decoding never panics: every malformed input maps to a typed [`FrameError`], so the

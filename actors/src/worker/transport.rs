@@ -3,7 +3,7 @@
 //! A [`Connection`] is what any [`crate::launcher::WorkerLauncher`] hands to the Worker
 //! actor: a byte stream for requests, one for responses and zero or more log streams. The
 //! actor does not care whether the other end is a Python process or the in-memory fake of
-//! [`crate::testing`]. Log output is turned into lines by [`log_lines`] (which tolerates
+//! `testing` module. Log output is turned into lines by [`log_lines`] (which tolerates
 //! anything a child may print) and the last few are kept in a [`LogTail`] for crash reports.
 
 use futures::Stream;

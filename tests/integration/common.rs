@@ -1,6 +1,4 @@
 //! Helpers shared by the integration tests (process-wrap style `prelude`).
-#![allow(dead_code)]
-
 pub mod lm_server;
 
 use std::path::PathBuf;

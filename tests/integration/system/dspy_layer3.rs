@@ -1,11 +1,9 @@
 //! Layer 3: real Python workers running real DSPy with the offline `dummy` LM, through
 //! the managed venv (created on first use under a file lock).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dspex::{Config, ModuleKind, Signature, System, SystemHealth};
 use serde_json::{json, Map, Value};
 

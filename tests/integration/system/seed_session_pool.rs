@@ -1,11 +1,9 @@
 //! The seed's SessionPool scenarios (category 2): every test starts its own isolated
 //! system; nothing is named globally, so they all run in parallel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dspex::{Call, SystemHealth};
 use serde_json::json;
 

@@ -1,10 +1,8 @@
 //! The generic half of the bridge through a real pool of real Python processes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -8,8 +8,6 @@
 //! its own adapter around that system and works in sessions of its own, so tests stay
 //! isolated while only two sets of Python workers are ever started.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -502,7 +500,7 @@ mod suite {
 /// workers die with this process (`PR_SET_PDEATHSIG`).
 async fn shared_python(cell: &'static OnceCell<System>, size: usize) -> System {
     cell.get_or_init(|| async move {
-        common::init_logs();
+        crate::common::init_logs();
         let mut config = Config::test();
         config.pool.size = size;
         config.pool.startup_concurrency = size;
@@ -528,7 +526,7 @@ async fn mock() -> Box<dyn Adapter> {
 }
 
 async fn bridge_mock() -> Box<dyn Adapter> {
-    common::init_logs();
+    crate::common::init_logs();
     Box::new(
         BridgeMock::start(&Config::test())
             .await

@@ -8,8 +8,6 @@
 //! * the error types and what they mean, the input names DSPy reserves and how deep types
 //!   may nest, read from the bridge's own sources.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
@@ -291,7 +289,7 @@ fn fixtures() -> PathBuf {
 
 #[tokio::test]
 async fn the_mock_the_fake_bridge_and_a_real_worker_agree_on_every_case() {
-    common::init_logs();
+    crate::common::init_logs();
     let mut config = Config::test();
     config.python.path = vec![fixtures()];
     let system = System::builder(config.clone()).start().await.unwrap();

@@ -3,8 +3,6 @@
 //! builds adapters of the resolved kinds, the layer-3 ones on real Python through the
 //! managed venv.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +25,7 @@ fn resolve(explicit: Option<AdapterKind>, env: Option<&str>, size: usize) -> Ada
 
 #[tokio::test]
 async fn factory_pattern_compliance_creates_correct_adapters_for_test_layers() {
-    common::init_logs();
+    crate::common::init_logs();
     use AdapterKind::*;
 
     // The layer names.
@@ -144,7 +142,7 @@ async fn python_pool_with_a_pool_size_of_one_is_a_config_error_naming_pool_size(
 
 #[tokio::test]
 async fn for_system_picks_port_or_pool_by_size_and_leaves_the_system_running() {
-    common::init_logs();
+    crate::common::init_logs();
     for (size, kind) in [(1, AdapterKind::PythonPort), (2, AdapterKind::PythonPool)] {
         // Only the binding is under test here, so in-memory workers will do.
         let system = System::builder(config(size))

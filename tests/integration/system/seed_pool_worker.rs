@@ -2,11 +2,9 @@
 //! workers. (The same scenarios at the state-machine level are unit tests in
 //! `actors/src/worker/state.rs`.) No mock ports: the workers are processes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dspex::Call;
 use serde_json::json;
 

@@ -1,7 +1,5 @@
 //! Helpers for the tests of users' own programs (`python` programs, eval, optimize):
 //! where the fixture module lives, the Python reference, and the `dummy` LM's trace.
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

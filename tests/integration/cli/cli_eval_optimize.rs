@@ -3,12 +3,10 @@
 //! prompt), compared with the same code called directly in Python; and the example of
 //! `examples/programs/` run exactly as its README says.
 
-mod programs_common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use programs_common::*;
+use crate::programs_common::*;
 use serde_json::{json, Map, Value};
 
 const FACTORY: &str = "dspex_test_programs:build";

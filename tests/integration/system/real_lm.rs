@@ -2,13 +2,11 @@
 //! test LM server on 127.0.0.1 (fixed delay, 429 above a concurrency limit, scripted 500s,
 //! counters). Every assertion is on what the server saw or what came back, never on time.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::lm_server::LmServer;
 use assert_cmd::cargo::cargo_bin;
-use common::lm_server::LmServer;
 use dspex::config::Config;
 use dspex::{ModuleKind, System};
 use serde_json::{json, Map, Value};
@@ -249,7 +247,7 @@ async fn every_request_of_a_worker_killed_with_8_in_flight_comes_back_with_its_o
     assert!(server.client().wait_in_flight_async(8).await);
     let status = system.status().await.unwrap().pool.unwrap();
     let holder = status.workers.iter().find(|w| w.in_flight == 8).unwrap();
-    common::kill(holder.pid.unwrap(), libc::SIGKILL);
+    crate::common::kill(holder.pid.unwrap(), libc::SIGKILL);
     server.control(json!({"hold": false}));
     for (row, expected) in rows.into_iter().zip(expected) {
         assert_eq!(row.await.unwrap().unwrap(), expected);

@@ -1,11 +1,9 @@
 //! The supervisor restarts a panicking PoolManager or SessionRegistry with real workers
 //! under it, keeps every session, leaks no process, and gives up past its intensity.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use dspex::{Call, SystemHealth};
 use dspex_actors::CrashTarget;
 use serde_json::json;

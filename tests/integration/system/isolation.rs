@@ -1,12 +1,10 @@
 //! Many systems in one process, even with the same `system.name`, never interfere
 //! (the seed's category 2: a fixed global pool name made every test collide).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,11 @@
 //! No Python process outlives its host, even when the host is killed with SIGKILL
 //! (PR_SET_PDEATHSIG in the worker). The host is this test binary re-executed as a helper.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const HELPER_ENV: &str = "DSPEX_TEST_HOST_HELPER";
 
@@ -35,7 +33,7 @@ fn workers_die_within_a_second_of_their_host_being_killed_with_sigkill() {
     let mut host = Command::new(exe)
         .args([
             "--exact",
-            "host_helper",
+            "system::host_killed::host_helper",
             "--nocapture",
             "--test-threads",
             "1",

@@ -2,16 +2,13 @@
 //! `Program::optimize`, python programs with state), real workers, real DSPy, the `dummy`
 //! LM; compared with what the same code gives when called directly in Python.
 
-mod common;
-mod programs_common;
-
 use std::time::Duration;
 
-use common::{eventually, init_logs, kill, pid_alive};
+use crate::common::{eventually, init_logs, kill, pid_alive};
+use crate::programs_common::*;
 use dspex::program::{OptimizeRequest, Optimizer};
 use dspex::{ProgramSpec, System};
 use futures::StreamExt;
-use programs_common::*;
 use serde_json::{json, Value};
 
 const FACTORY: &str = "dspex_test_programs:build";

@@ -1,12 +1,10 @@
 //! Worker lifecycle with real Python processes: crashes, hangs, noisy user code, corrupt
 //! frames, shutdown with work in flight, grandchildren, legacy stdio bridges.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use dspex::config::{PythonExecutable, TransportKind};
 use dspex::{Call, System};
 use serde_json::json;
