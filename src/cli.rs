@@ -73,6 +73,33 @@ enum Command {
     Status(status::StatusArgs),
 }
 
+/// `--workers` and `--lm`, shared by the commands that run a program over a dataset.
+#[derive(Debug, Clone, Default, Args)]
+struct WorkerArgs {
+    /// Number of Python workers (sets pool.size and pool.startup_concurrency).
+    #[arg(long, short = 'w', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    workers: Option<u32>,
+    /// The language model (sets lm.model): "dummy" or a DSPy/LiteLLM model string.
+    #[arg(long, value_name = "MODEL")]
+    lm: Option<String>,
+}
+
+impl WorkerArgs {
+    /// The configuration keys these flags set.
+    fn overrides(&self) -> Vec<(String, toml::Value)> {
+        let mut overrides = Vec::new();
+        if let Some(workers) = self.workers {
+            let n = toml::Value::Integer(i64::from(workers));
+            overrides.push(("pool.size".to_owned(), n.clone()));
+            overrides.push(("pool.startup_concurrency".to_owned(), n));
+        }
+        if let Some(lm) = &self.lm {
+            overrides.push(("lm.model".to_owned(), toml::Value::from(lm.as_str())));
+        }
+        overrides
+    }
+}
+
 /// `--config`, shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 struct ConfigArgs {

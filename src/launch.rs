@@ -18,6 +18,10 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::python_env::{PythonEnv, PythonSetup};
 
+/// LiteLLM, which DSPy imports, fetches its model cost map from the internet at import
+/// unless told to use the copy it ships: every Python process dspex starts gets this.
+pub(crate) const LITELLM_OFFLINE: (&str, &str) = ("LITELLM_LOCAL_MODEL_COST_MAP", "True");
+
 /// What `python_env::ensure` must prepare for this configuration.
 pub fn python_setup(config: &Config, require_dspy: bool) -> PythonSetup {
     PythonSetup {
@@ -68,8 +72,7 @@ pub fn launch_spec(config: &Config, env: &PythonEnv, preload_dspy: bool) -> Resu
     pythonpath.extend(python.path.iter().cloned());
     vars.push(("PYTHONPATH".into(), join_paths(&pythonpath)?));
     vars.push(("PYTHONUNBUFFERED".into(), "1".into()));
-    // LiteLLM fetches its model cost map from the internet at import unless told not to.
-    vars.push(("LITELLM_LOCAL_MODEL_COST_MAP".into(), "True".into()));
+    vars.push((LITELLM_OFFLINE.0.into(), LITELLM_OFFLINE.1.into()));
     vars.push((
         "DSPEX_WORKER_CONCURRENCY".into(),
         config.pool.worker_concurrency.to_string(),

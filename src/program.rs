@@ -190,7 +190,7 @@ impl ProgramSpec {
             return invalid("program_id", "a program id must not be empty".into());
         }
         match (self.module, &self.signature, &self.factory) {
-            (ModuleKind::Python, _, Some(factory)) if !is_factory_path(factory) => {
+            (ModuleKind::Python, _, Some(factory)) if !is_import_path(factory) => {
                 return invalid(
                     "factory",
                     format!("`{factory}` is not of the form `package.module:factory`"),
@@ -245,7 +245,9 @@ impl ProgramSpec {
     }
 }
 
-fn is_factory_path(text: &str) -> bool {
+/// Whether `text` has the form `package.module:attribute` that a worker imports a user
+/// factory or metric from.
+pub fn is_import_path(text: &str) -> bool {
     let ident = |s: &str| {
         let mut chars = s.chars();
         chars

@@ -748,8 +748,14 @@ impl Worker {
             self.kill_now();
             return;
         }
-        // The child closed its response stream: it died. Reap it (it normally is gone
-        // already) so the log says how it ended, then hand its requests back to the pool.
+        self.report_death(orphans, ctx);
+    }
+
+    /// The child closed its response stream: it died. Reap it (it normally is gone
+    /// already) so the log says how it ended and whether memory killed it, then hand its
+    /// requests back to the pool.
+    fn report_death(&mut self, orphans: Vec<Job>, ctx: &mut Context<Self>) {
+        let id = self.state.id.clone();
         let child = self.process.take();
         let fut = async move {
             match child {

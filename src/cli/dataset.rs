@@ -3,7 +3,7 @@
 //! Unlike `run`'s input, which streams, these are read whole before any worker starts:
 //! an evaluation or an optimization is about the whole set, a file that cannot be read
 //! should stop it before Python starts, and the sets are small. A line is still bounded
-//! ([`MAX_LINE_BYTES`]), so a file that is not JSONL (or `/dev/zero`) is refused instead
+//! (`run.max_line_bytes`), so a file that is not JSONL (or `/dev/zero`) is refused instead
 //! of eating memory. Blank lines are skipped, as `run` skips them.
 
 use std::fs::File;
@@ -14,9 +14,6 @@ use serde_json::{Map, Value};
 
 use super::run::RowError;
 use super::CliError;
-
-/// The longest line read (as `run.max_line_bytes` defaults to).
-pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// One non-blank line of a dataset.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +31,9 @@ pub struct Line {
 /// # Errors
 ///
 /// A usage error (exit 2) when the file cannot be read, has no rows, or has a line longer
-/// than [`MAX_LINE_BYTES`].
-pub fn read(path: &Path, what: &str) -> Result<Vec<Line>, CliError> {
+/// than `max_line` bytes (`run.max_line_bytes`).
+pub fn read(path: &Path, what: &str, max_line: u64) -> Result<Vec<Line>, CliError> {
+    let max_line = usize::try_from(max_line).unwrap_or(usize::MAX);
     let io_error = |source| CliError::Io {
         action: "read",
         path: path.to_owned(),
@@ -55,17 +53,16 @@ pub fn read(path: &Path, what: &str) -> Result<Vec<Line>, CliError> {
         buf.clear();
         number += 1;
         let read = Read::by_ref(&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
+            .take(max_line as u64 + 1)
             .read_until(b'\n', &mut buf)
             .map_err(io_error)?;
         if read == 0 {
             break;
         }
-        if buf.len() > MAX_LINE_BYTES && buf.last() != Some(&b'\n') {
+        if buf.len() > max_line && buf.last() != Some(&b'\n') {
             return Err(CliError::Usage(format!(
-                "--{what} `{}`: line {number} is longer than {} MiB; is it a JSONL file?",
+                "--{what} `{}`: line {number} is longer than {max_line} bytes (run.max_line_bytes); is it a JSONL file?",
                 path.display(),
-                MAX_LINE_BYTES >> 20
             )));
         }
         if buf.iter().all(u8::is_ascii_whitespace) {
@@ -123,7 +120,7 @@ mod tests {
             "{\"id\": 7, \"q\": \"a\"}\n\n  \n[1]\n{\"q\": \"b\"}",
         )
         .unwrap();
-        let lines = read(&path, "devset").unwrap();
+        let lines = read(&path, "devset", 1 << 20).unwrap();
         assert_eq!(lines.len(), 3);
         assert_eq!((lines[0].number, &lines[0].id), (1, &Value::from(7)));
         assert_eq!(lines[1].number, 4);
@@ -140,16 +137,16 @@ mod tests {
     #[test]
     fn a_missing_empty_or_directory_dataset_is_a_usage_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read(&dir.path().join("nope.jsonl"), "devset").unwrap_err();
+        let e = read(&dir.path().join("nope.jsonl"), "devset", 1 << 20).unwrap_err();
         assert!(e.to_string().starts_with("cannot read"), "{e}");
         let empty = dir.path().join("empty.jsonl");
         std::fs::write(&empty, "\n\n").unwrap();
-        let e = read(&empty, "trainset").unwrap_err();
+        let e = read(&empty, "trainset", 1 << 20).unwrap_err();
         assert!(
             e.to_string().contains("--trainset") && e.to_string().contains("no rows"),
             "{e}"
         );
-        let e = read(dir.path(), "devset").unwrap_err();
+        let e = read(dir.path(), "devset", 1 << 20).unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
     }
 }

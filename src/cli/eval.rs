@@ -9,9 +9,8 @@
 //! cannot load, a metric that is not callable) is found first and exits 2 with nothing
 //! written.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
@@ -22,9 +21,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::dataset::{self, Line};
+use super::run::input::Identity;
+use super::run::output::Target;
 use super::run::RowError;
 use super::source::{RowArgs, Runner, SourceArgs, SourcePlan};
-use super::{CliError, ConfigArgs, Outcome};
+use super::{CliError, ConfigArgs, Outcome, WorkerArgs};
 
 pub const HELP: &str = "\
 Examples:
@@ -59,43 +60,15 @@ pub struct EvalArgs {
     /// JSONL output file (created or truncated), or - for standard output.
     #[arg(long, short = 'o', value_name = "FILE|-", default_value = "-")]
     output: PathBuf,
-    /// Number of Python workers (sets pool.size and pool.startup_concurrency).
-    #[arg(long, short = 'w', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    workers: Option<u32>,
-    /// The language model (sets lm.model): "dummy" or a DSPy/LiteLLM model string.
-    #[arg(long, value_name = "MODEL")]
-    lm: Option<String>,
+    #[command(flatten)]
+    workers: WorkerArgs,
     #[command(flatten)]
     config: ConfigArgs,
 }
 
-impl EvalArgs {
-    fn overrides(&self) -> Vec<(String, toml::Value)> {
-        let mut overrides = Vec::new();
-        if let Some(workers) = self.workers {
-            let n = toml::Value::Integer(i64::from(workers));
-            overrides.push(("pool.size".to_owned(), n.clone()));
-            overrides.push(("pool.startup_concurrency".to_owned(), n));
-        }
-        if let Some(lm) = &self.lm {
-            overrides.push(("lm.model".to_owned(), toml::Value::from(lm.as_str())));
-        }
-        overrides
-    }
-}
-
 /// Checks a `--metric` (or other user function) flag has the form Python can import.
 pub(super) fn check_function(flag: &str, target: &str) -> Result<(), CliError> {
-    let ident = |s: &str| {
-        let mut chars = s.chars();
-        chars
-            .next()
-            .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
-            && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
-    };
-    let valid = target
-        .split_once(':')
-        .is_some_and(|(module, attr)| module.split('.').all(ident) && attr.split('.').all(ident));
+    let valid = dspex::program::is_import_path(target);
     if valid {
         Ok(())
     } else {
@@ -116,58 +89,25 @@ pub(super) fn program_source(source: &SourceArgs, what: &str) -> Result<SourcePl
     }
 }
 
-/// The output file is written only once the program is built; check now that it can be.
-fn check_output(output: &Path, devset: &Path) -> Result<(), CliError> {
-    if output == Path::new("-") {
-        return Ok(());
-    }
-    if output.is_dir() {
-        return Err(CliError::Usage(format!(
-            "--output `{}` is a directory",
-            output.display()
-        )));
-    }
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(CliError::Usage(format!(
-            "--output `{}`: directory `{}` does not exist",
-            output.display(),
-            parent.display()
-        )));
-    }
-    if same_file(output, devset) {
-        return Err(CliError::Usage(format!(
-            "--output `{}` is the devset; writing it would destroy the devset",
-            output.display()
-        )));
-    }
-    Ok(())
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 pub async fn eval(args: EvalArgs) -> Result<Outcome, CliError> {
     let source = program_source(&args.source, "eval")?;
     check_function("metric", &args.metric)?;
-    let config = args.config.load(&args.overrides())?;
-    let devset = dataset::read(&args.devset, "devset")?;
-    check_output(&args.output, &args.devset)?;
+    let config = args.config.load(&args.workers.overrides())?;
+    let devset = dataset::read(&args.devset, "devset", config.run.max_line_bytes)?;
+    // As `run` checks its output: never the devset itself, writable before Python starts.
+    let devset_file = std::fs::metadata(&args.devset).map_err(|source| CliError::Io {
+        action: "read",
+        path: args.devset.clone(),
+        source,
+    })?;
+    let target = Target::check(&args.output, Identity::of(&devset_file), false)?;
 
     let system = super::start_system(&config, true, 1).await?;
     let result = async {
         let session = system.open_session(None).await?;
         let runner = source.prepare(&session, Some(&args.metric)).await?;
         let window = config.pool.capacity() + config.pool.size;
-        score(&runner, devset, &args.metric, &args.output, window).await
+        score(&runner, devset, &args.metric, target, window).await
     }
     .await;
     let _ = system.shutdown(config.shutdown.graceful_timeout).await;
@@ -233,19 +173,14 @@ async fn score(
     runner: &Runner,
     devset: Vec<Line>,
     metric: &str,
-    output: &Path,
+    output: Target,
     window: usize,
 ) -> Result<Summary, CliError> {
     let program = runner
         .program()
         .expect("eval prepares a program source")
         .clone();
-    let mut out = create_output(output)?;
-    let write_error = |source| CliError::Io {
-        action: "write output to",
-        path: output.to_owned(),
-        source,
-    };
+    let mut out = output.open(false)?;
     let rows = devset.len();
     let started = Instant::now();
     let mut scored = stream::iter(devset.into_iter().enumerate())
@@ -258,13 +193,14 @@ async fn score(
         rows_per_second: 0.0,
     };
     while let Some(row) = scored.next().await {
-        writeln!(out, "{}", row.line).map_err(write_error)?;
-        out.flush().map_err(write_error)?;
+        out.line(&row.line);
+        out.flush().map_err(|e| out.error(e))?;
         summary.failed += usize::from(row.score.is_none());
         summary.scores.push(row.score);
         summary.usage.add(&row.usage);
     }
     summary.rows_per_second = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    out.finish()?;
     Ok(summary)
 }
 
@@ -323,18 +259,6 @@ fn render(line: OutputLine<'_>) -> String {
     serde_json::to_string(&line).expect("JSON values serialise")
 }
 
-fn create_output(path: &Path) -> Result<BufWriter<Box<dyn Write>>, CliError> {
-    if path == Path::new("-") {
-        return Ok(BufWriter::new(Box::new(std::io::stdout())));
-    }
-    let file = File::create(path).map_err(|source| CliError::Io {
-        action: "create output file",
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(BufWriter::new(Box::new(file)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,7 +296,12 @@ mod tests {
         assert!(e.to_string().contains("--command has no prediction"), "{e}");
         assert_eq!(e.exit_code(), 2);
         let args = parse(&["-s", "q -> a", "--metric", "m:f", "-w", "3"]).unwrap();
-        let keys: Vec<String> = args.overrides().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = args
+            .workers
+            .overrides()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(keys, ["pool.size", "pool.startup_concurrency"]);
     }
 
@@ -381,12 +310,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let devset = dir.path().join("dev.jsonl");
         std::fs::write(&devset, "{}\n").unwrap();
+        let identity = Identity::of(&std::fs::metadata(&devset).unwrap());
         let link = dir.path().join("link.jsonl");
         std::fs::hard_link(&devset, &link).unwrap();
-        let e = check_output(&link, &devset).unwrap_err();
-        assert!(e.to_string().contains("is the devset"), "{e}");
-        assert!(check_output(&dir.path().join("out.jsonl"), &devset).is_ok());
-        let e = check_output(&dir.path().join("no/out.jsonl"), &devset).unwrap_err();
+        let e = Target::check(&link, identity, false).err().unwrap();
+        assert!(e.to_string().contains("is the input file"), "{e}");
+        assert!(Target::check(&dir.path().join("out.jsonl"), identity, false).is_ok());
+        let e = Target::check(&dir.path().join("no/out.jsonl"), identity, false)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

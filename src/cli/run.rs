@@ -12,8 +12,8 @@
 //! `shutdown.graceful_timeout` to finish, fails the rest as `shutting_down`, and leaves
 //! the output valid JSONL that `--resume` completes.
 
-mod input;
-mod output;
+pub(super) mod input;
+pub(super) mod output;
 mod progress;
 mod reorder;
 pub mod resume;
@@ -36,7 +36,7 @@ pub use self::rows::RowError;
 use self::run_loop::RunLoop;
 use self::sidecar::{InputRecord, Shard, Sidecar};
 use super::source::{Runner, SourceArgs, SourcePlan};
-use super::{note, CliError, ConfigArgs, Outcome, Signal};
+use super::{note, CliError, ConfigArgs, Outcome, Signal, WorkerArgs};
 
 pub const HELP: &str = "\
 Examples:
@@ -89,12 +89,8 @@ pub struct RunArgs {
     /// JSONL output file (created or truncated), or - for standard output.
     #[arg(long, short = 'o', value_name = "FILE|-", default_value = "-")]
     output: PathBuf,
-    /// Number of Python workers (sets pool.size and pool.startup_concurrency).
-    #[arg(long, short = 'w', value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    workers: Option<u32>,
-    /// The language model (sets lm.model): "dummy" or a DSPy/LiteLLM model string.
-    #[arg(long, value_name = "MODEL")]
-    lm: Option<String>,
+    #[command(flatten)]
+    workers: WorkerArgs,
     /// Complete an interrupted output: keep its rows, run the missing ones.
     #[arg(long)]
     resume: bool,
@@ -109,22 +105,6 @@ pub struct RunArgs {
     report_cpu: bool,
     #[command(flatten)]
     config: ConfigArgs,
-}
-
-impl RunArgs {
-    /// The flags that override configuration keys.
-    fn overrides(&self) -> Vec<(String, toml::Value)> {
-        let mut overrides = Vec::new();
-        if let Some(workers) = self.workers {
-            let n = toml::Value::Integer(i64::from(workers));
-            overrides.push(("pool.size".to_owned(), n.clone()));
-            overrides.push(("pool.startup_concurrency".to_owned(), n));
-        }
-        if let Some(lm) = &self.lm {
-            overrides.push(("lm.model".to_owned(), toml::Value::from(lm.as_str())));
-        }
-        overrides
-    }
 }
 
 /// A run whose command line checked out: nothing started, nothing written yet.
@@ -149,7 +129,7 @@ struct Resume {
 /// Checks everything the command line names, in the order a user would fix them.
 fn plan(args: RunArgs) -> Result<Plan, CliError> {
     let source = args.source.plan()?;
-    let config = args.config.load(&args.overrides())?;
+    let config = args.config.load(&args.workers.overrides())?;
     let input = input::open(&args.input)?;
     let target = Target::check(&args.output, input.identity, args.resume)?;
     // Only a regular file can be hashed (a device like /dev/zero never ends) and read
@@ -429,12 +409,14 @@ mod tests {
 
     #[test]
     fn workers_flag_sets_pool_size_and_startup_concurrency() {
-        let overrides = args(&["--workers", "4", "--lm", "openai/x"]).overrides();
+        let overrides = args(&["--workers", "4", "--lm", "openai/x"])
+            .workers
+            .overrides();
         let keys: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["pool.size", "pool.startup_concurrency", "lm.model"]);
         assert_eq!(overrides[0].1, toml::Value::Integer(4));
         assert_eq!(overrides[2].1, toml::Value::from("openai/x"));
-        assert!(args(&[]).overrides().is_empty());
+        assert!(args(&[]).workers.overrides().is_empty());
     }
 
     #[test]

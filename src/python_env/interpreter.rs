@@ -164,9 +164,9 @@ pub(super) fn find_bootstrap(explicit: Option<OsString>) -> Result<(PathBuf, PyV
 /// interpreter, `setup` and `doctor` all use it).
 pub(super) fn dspy_version(python: &Path) -> Result<String, String> {
     let mut cmd = Command::new(python);
+    let (name, value) = crate::launch::LITELLM_OFFLINE;
     cmd.args(["-c", "import dspy; print(dspy.__version__)"])
-        // LiteLLM, which DSPy imports, fetches its cost map from the internet otherwise.
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True");
+        .env(name, value);
     match run_with_timeout(&mut cmd, IMPORT_TIMEOUT) {
         Ok(Some(output)) if output.status.success() => Ok(output.stdout.trim().to_owned()),
         Ok(Some(output)) => {

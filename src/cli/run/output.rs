@@ -315,7 +315,7 @@ impl Writer {
             ),
             None => format!(
                 "{rows} rows were written completely (the output ends with the last complete \
-                 row); free space and run again with --resume to complete it"
+                 row); free space and run again (`dspex run --resume` completes a run's output)"
             ),
         };
         CliError::Usage(format!(
