@@ -18,8 +18,9 @@ Examples:
   DSPEX_POOL__SIZE=4 dspex status
 
 Starts workers from the configuration, waits until pool.size of them are ready, prints
-system health, each worker (id, pid, health, busy, requests, errors, RSS), sessions and
-pool metrics, then shuts the workers down.";
+system health, the pool's slots and LM rate control, each worker (id, pid, health,
+requests in flight of its slots, requests, errors, RSS), sessions, pool metrics and LM
+usage per model, then shuts the workers down.";
 
 /// Flags of `dspex status`.
 #[derive(Debug, Args)]
@@ -36,17 +37,24 @@ pub async fn status(args: StatusArgs) -> Result<Outcome, CliError> {
     let system = super::start_system(&config, true, config.pool.size).await?;
     let snapshot = system.status().await;
     let sessions = system.sessions().await;
+    let usage = system.usage();
     let _ = system.shutdown(config.shutdown.graceful_timeout).await;
     let snapshot = snapshot?;
     if args.json {
-        let text = serde_json::to_string_pretty(&snapshot)
+        // The system's status, and the LM usage of this system per model.
+        let mut value = serde_json::to_value(&snapshot)
+            .map_err(|e| CliError::Usage(format!("cannot serialise the status: {e}")))?;
+        value["usage"] = serde_json::to_value(&usage).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&value)
             .map_err(|e| CliError::Usage(format!("cannot serialise the status: {e}")))?;
         super::print(text)?;
     } else {
         let session_ids: Vec<String> = sessions
             .map(|list| list.into_iter().map(|s| s.id).collect())
             .unwrap_or_default();
-        super::print(render(&snapshot, &session_ids).trim_end_matches('\n'))?;
+        let mut text = render(&snapshot, &session_ids);
+        text.push_str(&render_usage(&usage));
+        super::print(text.trim_end_matches('\n'))?;
     }
     Ok(Outcome::Success)
 }
@@ -61,25 +69,42 @@ fn render(status: &SystemStatus, session_ids: &[String]) -> String {
     if let Some(pool) = &status.pool {
         let _ = writeln!(
             out,
-            "pool: {} of {} workers ready, {} busy, {} starting, {} queued",
-            pool.ready, pool.size, pool.busy, pool.starting, pool.queue_depth
+            "pool: {} of {} workers ready, {} starting; {} of {} slots in flight, {} queued",
+            pool.ready, pool.size, pool.starting, pool.in_flight, pool.capacity, pool.queue_depth
+        );
+        let r = &pool.rate;
+        let _ = writeln!(
+            out,
+            "lm rate control: {} of {} LM calls allowed at once, {} in flight, {} refused (429){}{}",
+            r.limit,
+            r.max,
+            r.in_flight,
+            r.throttled,
+            r.requests_per_minute
+                .map(|n| format!(", at most {n} per minute"))
+                .unwrap_or_default(),
+            if r.paused_ms > 0 {
+                format!(", paused {} ms (Retry-After)", r.paused_ms)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             out,
-            "  {:<28} {:>8}  {:<9} {:<4} {:>8} {:>6} {:>10}",
-            "WORKER", "PID", "HEALTH", "BUSY", "REQUESTS", "ERRORS", "RSS"
+            "  {:<28} {:>8}  {:<9} {:>9} {:>8} {:>6} {:>10}",
+            "WORKER", "PID", "HEALTH", "IN FLIGHT", "REQUESTS", "ERRORS", "RSS"
         );
         for w in &pool.workers {
             let pid = w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
             let rss = w.rss_bytes.map(mib).unwrap_or_else(|| "-".into());
-            let busy = if w.busy { "yes" } else { "no" };
+            let slots = format!("{}/{}", w.in_flight, w.capacity);
             let _ = writeln!(
                 out,
-                "  {:<28} {:>8}  {:<9} {:<4} {:>8} {:>6} {:>10}",
+                "  {:<28} {:>8}  {:<9} {:>9} {:>8} {:>6} {:>10}",
                 w.id,
                 pid,
                 w.health.as_str(),
-                busy,
+                slots,
                 w.stats.requests,
                 w.stats.errors,
                 rss
@@ -133,6 +158,23 @@ fn render(status: &SystemStatus, session_ids: &[String]) -> String {
     out
 }
 
+/// LM usage per model, one line each (nothing when no LM was called).
+fn render_usage(usage: &dspex::Usage) -> String {
+    let mut out = String::new();
+    for (model, u) in &usage.0 {
+        let cost = u
+            .cost
+            .map(|c| format!(", cost ${c:.4}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "lm {model}: {} calls, {} tokens ({} prompt + {} completion){cost}",
+            u.calls, u.total_tokens, u.prompt_tokens, u.completion_tokens
+        );
+    }
+    out
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -144,5 +186,21 @@ mod tests {
     #[test]
     fn rss_is_shown_in_mebibytes() {
         assert_eq!(mib(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+
+    #[test]
+    fn usage_is_shown_per_model() {
+        let usage = dspex::Usage::from_wire(Some(&serde_json::json!({
+            "openai/gpt-4o-mini": {"prompt_tokens": 30, "completion_tokens": 12,
+                                   "total_tokens": 42, "cost": 0.0021, "calls": 3},
+            "dummy": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7,
+                      "cost": null, "calls": 1},
+        })));
+        assert_eq!(
+            render_usage(&usage),
+            "lm dummy: 1 calls, 7 tokens (5 prompt + 2 completion)\n\
+             lm openai/gpt-4o-mini: 3 calls, 42 tokens (30 prompt + 12 completion), cost $0.0021\n"
+        );
+        assert_eq!(render_usage(&dspex::Usage::default()), "");
     }
 }
