@@ -282,7 +282,9 @@ fn status_prints_a_table_of_workers() {
         .stdout(
             predicate::str::contains(": healthy")
                 .and(predicate::str::contains("1 of 1 workers ready"))
-                .and(predicate::str::is_match(r"\.w1 +\d+ +ready +no ").unwrap())
+                .and(predicate::str::contains("0 of 8 slots in flight"))
+                .and(predicate::str::contains("8 of 8 LM calls allowed at once"))
+                .and(predicate::str::is_match(r"\.w1 +\d+ +ready +0/8 ").unwrap())
                 .and(predicate::str::contains("sessions: 0 active")),
         );
 }
