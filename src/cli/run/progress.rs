@@ -22,6 +22,9 @@ pub struct RunProgress {
     /// How long Python and the workers took before the first row could run.
     startup: Duration,
     started: Instant,
+    /// When the last row was written: the workers' shutdown that follows is not the rows'
+    /// time.
+    stopped: Option<Instant>,
     ok: u64,
     failed: u64,
     /// Rows taken over from the output a resume completes, counted in `ok`/`failed`.
@@ -53,6 +56,7 @@ impl RunProgress {
         RunProgress {
             startup,
             started: Instant::now(),
+            stopped: None,
             ok: 0,
             failed: 0,
             kept: 0,
@@ -97,7 +101,7 @@ impl RunProgress {
     }
 
     fn counts(&self) -> String {
-        let elapsed = self.started.elapsed();
+        let elapsed = self.elapsed();
         format!(
             "{} rows ({} ok, {} failed), {:.1} rows/s",
             self.ok + self.failed,
@@ -127,11 +131,20 @@ impl RunProgress {
     }
 
     /// Removes the bar and prints the summary line (plus CPU use when asked for).
+    /// The rows are done: the summary's time and rate stop here.
+    pub fn stop_clock(&mut self) {
+        self.stopped.get_or_insert_with(Instant::now);
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.stopped.unwrap_or_else(Instant::now) - self.started
+    }
+
     pub fn finish(self, stopped_by: Option<&str>, report_cpu: bool) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let elapsed = self.started.elapsed();
+        let elapsed = self.elapsed();
         let rows = self.ok + self.failed;
         let mut line = format!(
             "dspex: {} rows ok, {} failed in {:.2}s ({:.1} rows/s; start-up {:.2}s before that)",

@@ -200,10 +200,13 @@ impl<'a> RunLoop<'a> {
         let rows = complete.then_some(self.next_index);
         self.keep_the_rest()?;
         let RunLoop {
-            writer, progress, ..
+            writer,
+            mut progress,
+            ..
         } = self;
         let written = writer.rows();
         writer.finish()?;
+        progress.stop_clock();
         if let Some(source) = read_error {
             progress.note(&format!(
                 "dspex: {written} rows written before the input failed"
