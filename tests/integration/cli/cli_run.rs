@@ -869,3 +869,39 @@ fn config_mistakes_are_errors_or_warnings_naming_the_key_before_python_starts() 
     );
     assert!(stderr.contains("cannot read input file"), "{stderr}");
 }
+
+#[test]
+fn modules_planted_in_the_working_directory_are_never_imported_by_workers() {
+    // A `dspy.py` and a `dspex_bridge/` package where dspex runs would, if imported, write
+    // a marker file; the workers import only from the venv, the bridge and python.path.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("planted-code-ran");
+    let plant = format!(
+        "open({:?}, 'a').write(__name__ + '\\n')\n",
+        marker.display().to_string()
+    );
+    std::fs::write(dir.path().join("dspy.py"), &plant).unwrap();
+    std::fs::create_dir(dir.path().join("dspex_bridge")).unwrap();
+    std::fs::write(dir.path().join("dspex_bridge/__init__.py"), &plant).unwrap();
+    std::fs::write(dir.path().join("dspex_bridge/__main__.py"), &plant).unwrap();
+    let input = questions(dir.path(), 4);
+    let output = dir.path().join("out.jsonl");
+    dspex(dir.path())
+        .args(["run", "-s", QA, "-w", "2", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .assert()
+        .code(0);
+    assert!(
+        !marker.exists(),
+        "planted code ran: {:?}",
+        std::fs::read_to_string(&marker)
+    );
+    let lines = read_lines(&output);
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines.iter().all(|l| l["outputs"]["answer"].is_string()),
+        "{lines:?}"
+    );
+}

@@ -1,5 +1,7 @@
-//! No Python process outlives its host, even when the host is killed with SIGKILL
-//! (PR_SET_PDEATHSIG in the worker). The host is this test binary re-executed as a helper.
+//! No Python process outlives its host, even when the host is killed with SIGKILL: the
+//! workers die of PR_SET_PDEATHSIG, and what a worker started is killed by the worker's
+//! reaper, which sees the host's lifeline close. The host is this test binary re-executed
+//! as a helper.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -15,8 +17,16 @@ async fn host_helper() {
     if std::env::var_os(HELPER_ENV).is_none() {
         return; // Not the helper run: nothing to do.
     }
-    let system = start_generic(2).await;
-    let pids = worker_pids(&system).await;
+    let system = start_generic_with(handlers_config(2)).await;
+    let mut pids = worker_pids(&system).await;
+    // A process a worker started (in the worker's process group, as a subprocess is).
+    let grandchild = system
+        .call("spawn_grandchild", serde_json::json!({}))
+        .await
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    pids.push(grandchild);
     println!(
         "PIDS {}",
         pids.iter()
@@ -28,7 +38,7 @@ async fn host_helper() {
 }
 
 #[test]
-fn workers_die_within_a_second_of_their_host_being_killed_with_sigkill() {
+fn workers_and_what_they_started_die_within_a_second_of_their_host_being_killed_with_sigkill() {
     let exe = std::env::current_exe().unwrap();
     let mut host = Command::new(exe)
         .args([
@@ -55,7 +65,11 @@ fn workers_die_within_a_second_of_their_host_being_killed_with_sigkill() {
             break;
         }
     }
-    assert_eq!(pids.len(), 2, "helper reported its workers");
+    assert_eq!(
+        pids.len(),
+        3,
+        "helper reported its workers and a grandchild"
+    );
     assert!(pids.iter().all(|p| pid_alive(*p)));
     kill(host.id(), libc::SIGKILL);
     host.wait().unwrap();
@@ -66,6 +80,6 @@ fn workers_die_within_a_second_of_their_host_being_killed_with_sigkill() {
     let survivors: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
     assert!(
         survivors.is_empty(),
-        "workers {survivors:?} outlived their SIGKILLed host by 1 s"
+        "processes {survivors:?} (workers, then the grandchild) outlived their SIGKILLed host by 1 s"
     );
 }

@@ -270,3 +270,33 @@ async fn missing_interpreter_is_an_environment_error_naming_it() {
     assert_eq!(err.kind(), "environment");
     assert!(err.to_string().contains("/nonexistent/python3"), "{err}");
 }
+
+#[tokio::test]
+async fn a_handler_past_the_memory_limit_fails_once_and_its_worker_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("runs");
+    let mut config = handlers_config(1);
+    config.worker_memory_limit = Some(512 << 20);
+    let system = start_generic_with(config).await;
+    let old = whoami(&system, None).await;
+    let err = system
+        .call("hog", json!({"marker": marker, "gib": 20}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, dspex::Error::Python { error_type, message, .. }
+            if error_type == "MemoryError" && message.contains("pool.worker_memory_limit")),
+        "{err:?}"
+    );
+    // Run once: a request that ran out of memory is not tried again on another worker.
+    let runs = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+    // The worker is not kept: a fresh one serves the next request.
+    assert!(
+        eventually(Duration::from_secs(10), || !pid_alive(old)).await,
+        "the worker that ran out of memory was replaced"
+    );
+    system.wait_ready(1).await.unwrap();
+    assert_ne!(whoami(&system, None).await, old);
+    system.shutdown(Duration::from_secs(5)).await.unwrap();
+}
