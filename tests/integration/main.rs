@@ -26,6 +26,8 @@ mod system {
 }
 
 mod cli {
+    mod prelude;
+
     mod chaos;
     mod cli_eval_optimize;
     mod cli_misc;

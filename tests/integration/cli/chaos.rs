@@ -7,6 +7,7 @@
 //! is the pool: retries of every request a dead worker held, a stopped worker found by
 //! its health ping and replaced, and nothing lost or answered twice.
 
+use super::prelude::*;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,45 +19,6 @@ use assert_cmd::cargo::cargo_bin;
 use serde_json::{json, Value};
 
 const ROWS: usize = 5000;
-
-/// The pids whose parent is `parent` (scanning /proc).
-fn children_of(parent: u32) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The command name is in parentheses and may hold spaces: fields follow the last ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purpose; its state letter is the first field after ')'.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
 
 /// A small deterministic generator (no dependency needed for picking a victim).
 struct Lcg(u64);
@@ -129,7 +91,7 @@ fn every_row_survives_workers_killed_every_200ms_and_one_stopped() {
     let host = run.id();
 
     let done = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(HashSet::<i32>::new()));
+    let seen = Arc::new(Mutex::new(HashSet::<u32>::new()));
     let chaos = {
         let (done, seen) = (Arc::clone(&done), Arc::clone(&seen));
         std::thread::spawn(move || {
@@ -138,9 +100,9 @@ fn every_row_survives_workers_killed_every_200ms_and_one_stopped() {
             let (mut kills, started) = (0u32, Instant::now());
             while !done.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(200));
-                let workers: Vec<i32> = children_of(host)
+                let workers: Vec<u32> = children_of(host)
                     .into_iter()
-                    .filter(|pid| Some(*pid) != stopped && alive(*pid))
+                    .filter(|pid| Some(*pid) != stopped && pid_alive(*pid))
                     .collect();
                 seen.lock().unwrap().extend(&workers);
                 if workers.is_empty() {
@@ -149,12 +111,12 @@ fn every_row_survives_workers_killed_every_200ms_and_one_stopped() {
                 let victim = workers[rng.next(workers.len())];
                 if stopped.is_none() && started.elapsed() > Duration::from_millis(600) {
                     // SAFETY: signalling a pid of our own test's process tree.
-                    unsafe { libc::kill(victim, libc::SIGSTOP) };
+                    unsafe { libc::kill(victim as i32, libc::SIGSTOP) };
                     stopped = Some(victim);
                     continue;
                 }
                 // SAFETY: as above.
-                unsafe { libc::kill(victim, libc::SIGKILL) };
+                unsafe { libc::kill(victim as i32, libc::SIGKILL) };
                 kills += 1;
             }
             kills
@@ -195,9 +157,9 @@ fn every_row_survives_workers_killed_every_200ms_and_one_stopped() {
     );
     // No worker outlives the run, not even the stopped one.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut left: Vec<i32> = seen.lock().unwrap().iter().copied().collect();
+    let mut left: Vec<u32> = seen.lock().unwrap().iter().copied().collect();
     while !left.is_empty() && Instant::now() < deadline {
-        left.retain(|pid| alive(*pid));
+        left.retain(|pid| pid_alive(*pid));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(left.is_empty(), "worker processes left behind: {left:?}");

@@ -1,29 +1,12 @@
 //! `dspex call`, `setup`, `doctor`, `status` and `--help` through the real binary and
 //! real Python workers (the shared managed venv).
 
+use super::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use assert_cmd::cargo::cargo_bin;
 use predicates::prelude::*;
 use serde_json::{json, Value};
-
-/// `dspex` run in `dir`, inheriting no config file and no config variables.
-fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(cargo_bin("dspex"));
-    cmd.current_dir(dir).env_remove("DSPEX_CONFIG");
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("DSPEX_") && name.contains("__") {
-            cmd.env_remove(name.as_ref());
-        }
-    }
-    cmd
-}
-
-fn dspex(dir: &Path) -> assert_cmd::Command {
-    assert_cmd::Command::from_std(command(dir))
-}
 
 fn stdout_json(output: &std::process::Output) -> Value {
     let text = String::from_utf8_lossy(&output.stdout);

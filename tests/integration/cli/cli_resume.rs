@@ -4,6 +4,7 @@
 //! The dummy LM appends one line per call to `DSPEX_DUMMY_TRACE` (set for the workers
 //! through `python.env`), which is how these tests count the rows a run really ran.
 
+use super::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,21 +13,6 @@ use assert_cmd::cargo::cargo_bin;
 use serde_json::{json, Value};
 
 const QA: &str = "question -> answer";
-
-/// `dspex` in `dir`, with no config file or config variables from the caller.
-fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(cargo_bin("dspex"));
-    cmd.current_dir(dir)
-        .env_remove("DSPEX_CONFIG")
-        .stdin(Stdio::null());
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("DSPEX_") && name.contains("__") {
-            cmd.env_remove(name.as_ref());
-        }
-    }
-    cmd
-}
 
 /// A config file whose workers trace every dummy LM call to `trace`.
 fn traced(dir: &Path, name: &str, trace: &Path) -> PathBuf {

@@ -4,35 +4,17 @@
 //! picked up) with the shared managed venv; the first test to need it builds it under a
 //! file lock.
 
+use super::prelude::*;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use assert_cmd::cargo::cargo_bin;
 use predicates::prelude::*;
 use serde_json::{json, Value};
 
 const QA: &str = "question -> answer";
-
-/// The `dspex` binary run in `dir`, inheriting no config file and no config variables
-/// (`DSPEX_HOME` and `DSPEX_BOOTSTRAP_PYTHON` still pass: they locate the shared venv).
-fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(cargo_bin("dspex"));
-    cmd.current_dir(dir).env_remove("DSPEX_CONFIG");
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("DSPEX_") && name.contains("__") {
-            cmd.env_remove(name.as_ref());
-        }
-    }
-    cmd
-}
-
-fn dspex(dir: &Path) -> assert_cmd::Command {
-    assert_cmd::Command::from_std(command(dir))
-}
 
 /// A JSONL file of `rows` questions with ids `q0`, `q1`, ...
 fn questions(dir: &Path, rows: usize) -> PathBuf {
@@ -293,41 +275,6 @@ fn stdin_to_stdout_streams_rows_while_input_is_still_open() {
     let ids: Vec<&Value> = rest.iter().map(|r| &r["id"]).collect();
     assert_eq!(ids, [&json!(2), &json!(3), &json!(4), &json!(5)]);
     assert!(child.wait().unwrap().success());
-}
-
-/// The pids whose parent is `parent`, from `/proc/*/stat`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised command: state, ppid, ...
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
 }
 
 fn line_count(path: &Path) -> usize {

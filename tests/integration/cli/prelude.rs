@@ -1,0 +1,67 @@
+//! What every CLI test needs: the `dspex` binary run in a directory of the test's own
+//! with nothing of the caller's configuration, and a look at its worker processes.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use assert_cmd::cargo::cargo_bin;
+
+/// The `dspex` binary run in `dir`, inheriting no config file and no config variables
+/// (`DSPEX_HOME` and `DSPEX_BOOTSTRAP_PYTHON` still pass: they locate the shared venv),
+/// with no standard input.
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(cargo_bin("dspex"));
+    cmd.current_dir(dir)
+        .env_remove("DSPEX_CONFIG")
+        .stdin(Stdio::null());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("DSPEX_") && name.contains("__") {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
+}
+
+/// [`command`] for `assert_cmd`'s assertions.
+pub fn dspex(dir: &Path) -> assert_cmd::Command {
+    assert_cmd::Command::from_std(command(dir))
+}
+
+/// The pids whose parent is `parent`, from `/proc/*/stat`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command (which may hold spaces): state, ppid, ...
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
