@@ -134,20 +134,6 @@ pub fn write_jsonl(path: &Path, rows: &[Map<String, Value>]) {
     std::fs::write(path, text).unwrap();
 }
 
-/// The `dspex` binary run in `dir`, with no config file or config variable from the
-/// environment (`DSPEX_HOME` still passes: it locates the shared venv).
-pub fn dspex(dir: &Path) -> assert_cmd::Command {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("dspex"));
-    cmd.current_dir(dir).env_remove("DSPEX_CONFIG");
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("DSPEX_") && name.contains("__") {
-            cmd.env_remove(name.as_ref());
-        }
-    }
-    assert_cmd::Command::from_std(cmd)
-}
-
 /// Parses JSONL text.
 pub fn lines(text: &str) -> Vec<Value> {
     text.lines()

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::prelude::*;
 use crate::programs_common::*;
 use serde_json::{json, Map, Value};
 
@@ -405,6 +406,11 @@ fn bad_input_exits_2_before_any_row_runs_and_writes_nothing() {
     assert!(traced(&trace).is_empty());
 }
 
+/// Each line's `error.kind`, `null` where the line is an answer.
+fn error_kinds(lines: &[Value]) -> Vec<Value> {
+    lines.iter().map(|l| l["error"]["kind"].clone()).collect()
+}
+
 fn stdout_is_empty(out: &std::process::Output) -> bool {
     out.stdout.is_empty()
 }
@@ -436,9 +442,8 @@ fn a_row_at_fault_fails_alone_in_run_and_eval() {
         .get_output()
         .clone();
     let run = lines(&String::from_utf8_lossy(&out.stdout));
-    let kinds: Vec<Value> = run.iter().map(|l| l["error"]["kind"].clone()).collect();
     assert_eq!(
-        kinds,
+        error_kinds(&run),
         [
             Value::Null,
             json!("python"),
@@ -459,9 +464,8 @@ fn a_row_at_fault_fails_alone_in_run_and_eval() {
         .get_output()
         .clone();
     let scored = lines(&String::from_utf8_lossy(&out.stdout));
-    let kinds: Vec<Value> = scored.iter().map(|l| l["error"]["kind"].clone()).collect();
     assert_eq!(
-        kinds,
+        error_kinds(&scored),
         [
             Value::Null,
             json!("python"),

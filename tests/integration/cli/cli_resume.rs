@@ -7,7 +7,6 @@
 use super::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
 use serde_json::{json, Value};
@@ -35,10 +34,6 @@ fn write_questions(path: &Path, rows: usize) {
         })
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-fn lines_of(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
 
 /// Runs `dspex run -s QA` with `args`; panics unless it exits with `code`.
@@ -130,7 +125,7 @@ fn merge_reports_missing_rows_and_resume_completes_the_merged_output() {
         stderr.contains("15 rows missing (index 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, ...)"),
         "{stderr}"
     );
-    assert_eq!(lines_of(&d.join("merged.jsonl")), 15);
+    assert_eq!(line_count(&d.join("merged.jsonl")), 15);
     // The merged output has a record of its own: a resume runs the missing rows.
     let stderr = run(
         d,
@@ -180,18 +175,7 @@ fn kill_9_mid_run_then_resume_gives_the_same_bytes_and_reruns_only_missing_rows(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while lines_of(&output) < 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the output never started growing"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "dspex finished too early"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_lines(&mut child, &output, 200);
     child.kill().unwrap();
     child.wait().unwrap();
     let text = std::fs::read_to_string(&output).unwrap();
@@ -217,7 +201,7 @@ fn kill_9_mid_run_then_resume_gives_the_same_bytes_and_reruns_only_missing_rows(
         stderr.contains(&format!("{kept} rows kept from before")),
         "{stderr}"
     );
-    let rerun = lines_of(&resume_trace);
+    let rerun = line_count(&resume_trace);
     assert_eq!(
         rerun,
         rows - kept,
@@ -248,7 +232,7 @@ fn kill_9_mid_run_then_resume_gives_the_same_bytes_and_reruns_only_missing_rows(
         0,
     );
     assert!(stderr.contains("nothing to resume"), "{stderr}");
-    assert_eq!(lines_of(&resume_trace), rerun);
+    assert_eq!(line_count(&resume_trace), rerun);
 }
 
 #[test]

@@ -277,12 +277,6 @@ fn stdin_to_stdout_streams_rows_while_input_is_still_open() {
     assert!(child.wait().unwrap().success());
 }
 
-fn line_count(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
 /// Starts a long run, signals it once its output is growing, and checks the aftermath.
 fn signal_mid_run(signal: libc::c_int, expected_code: i32) {
     let dir = tempfile::tempdir().unwrap();
@@ -301,15 +295,7 @@ fn signal_mid_run(signal: libc::c_int, expected_code: i32) {
         .unwrap();
     let pid = child.id();
     // Wait until the output has started growing (the workers are up and serving).
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while line_count(&output) < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "the output never started growing"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "dspex exited early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_lines(&mut child, &output, 20);
     let workers = children_of(pid);
     assert!(!workers.is_empty(), "no worker process found under dspex");
     // SAFETY: signalling a child process this test started.
@@ -500,15 +486,8 @@ fn dev_zero_as_input_fails_one_row_and_is_read_in_constant_memory() {
         .unwrap();
     let pid = child.id();
     // The row fails as soon as the line passes the limit; the reading goes on.
+    wait_for_lines(&mut child, &output, 1);
     let deadline = Instant::now() + Duration::from_secs(180);
-    while line_count(&output) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the too-long row was never written"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "dspex exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let (_, read_before) = rss_and_read(pid).unwrap();
     let mut peak = 0;
     let mut read_after = read_before;

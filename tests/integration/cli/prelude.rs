@@ -2,7 +2,8 @@
 //! with nothing of the caller's configuration, and a look at its worker processes.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
 
@@ -63,5 +64,30 @@ pub fn pid_alive(pid: u32) -> bool {
             .and_then(|rest| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z"),
         Err(_) => false,
+    }
+}
+
+/// How many lines `path` holds (0 while it does not exist yet).
+pub fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
+}
+
+/// Waits until `path` holds at least `lines` lines; panics if `child` exits first or the
+/// lines take more than three minutes (a cold venv included).
+pub fn wait_for_lines(child: &mut Child, path: &Path, lines: usize) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while line_count(path) < lines {
+        assert!(
+            Instant::now() < deadline,
+            "{} never reached {lines} lines",
+            path.display()
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "dspex exited ({status}) before {} had {lines} lines",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
