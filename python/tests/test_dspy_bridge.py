@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 
 from bridge_client import FIXTURES, BridgeProcess
+from dspy_support import definition, field
 
 # Variables that could point DSPy/LiteLLM at a real provider or a cache outside HOME.
 SCRUBBED_ENV = [
@@ -24,29 +25,6 @@ SCRUBBED_ENV = [
     "DSPEX_DUMMY_TRACE",
     "DSPEX_HANDLERS",
 ]
-
-
-def field(name: str, type_term: Any = "str", description: Optional[str] = None) -> Dict[str, Any]:
-    return {"name": name, "type": type_term, "description": description}
-
-
-def definition(
-    program_id: str,
-    outputs: List[Dict[str, Any]],
-    inputs: Optional[List[Dict[str, Any]]] = None,
-    module: str = "predict",
-    instructions: Optional[str] = None,
-) -> Dict[str, Any]:
-    return {
-        "program_id": program_id,
-        "module": module,
-        "signature": {
-            "name": None,
-            "instructions": instructions,
-            "inputs": inputs if inputs is not None else [field("question")],
-            "outputs": outputs,
-        },
-    }
 
 
 QA_OUTPUTS = [field("answer"), field("confidence", "float", "how sure, 0..1")]

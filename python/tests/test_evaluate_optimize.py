@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import dspy
 import pytest
-from dspy_support import FIXTURES, Ctx, definition, python_definition, read_trace
+from dspy_support import Ctx, definition, python_definition, read_trace
 
 from dspex_bridge.dspy_commands import DspyCommands
 from dspex_bridge.dummy_lm import FORMAT_RECORDER, DummyLM
 from dspex_bridge.errors import InvalidRequest
 from dspex_bridge.evaluate import mean_score
-from dspex_bridge.programs import ProgramStore
 
 QUESTIONS = [
     "Paris is the capital of which country?",
@@ -30,21 +28,7 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def user_code_on_path() -> Iterator[None]:
-    sys.path.insert(0, FIXTURES)
-    yield
-    sys.path.remove(FIXTURES)
-
-
-@pytest.fixture
-def trace(tmp_path: Path) -> str:
-    return str(tmp_path / "trace.jsonl")
-
-
-@pytest.fixture
-def commands(trace: str) -> DspyCommands:
-    return DspyCommands(ProgramStore(), env={"DSPEX_DUMMY_TRACE": trace})
+pytestmark = pytest.mark.usefixtures("user_code_on_path")
 
 
 def rows() -> List[Dict[str, Any]]:

@@ -8,40 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import dspy
 import pytest
-from dspy_support import FIXTURES, definition, field, prompt_text, python_definition, read_trace
+from dspy_support import definition, field, prompt_text, python_definition, read_trace
 
 from dspex_bridge.dspy_commands import DspyCommands
 from dspex_bridge.dummy_lm import FORMAT_RECORDER, DummyLM
 from dspex_bridge.errors import InvalidRequest, ProgramNotFound
 from dspex_bridge.outputs import to_json
-from dspex_bridge.programs import ProgramStore
 
 QUESTIONS = ["What is the capital of France?", "Why is the sky blue?", "How do bees fly?", "Who wrote Hamlet?"]
 
 
-@pytest.fixture(autouse=True)
-def user_code_on_path() -> Iterator[None]:
-    # What the worker does with python.path (DSPEX_PYTHON_PATH).
-    sys.path.insert(0, FIXTURES)
-    yield
-    sys.path.remove(FIXTURES)
-
-
-@pytest.fixture
-def trace(tmp_path: Path) -> str:
-    return str(tmp_path / "trace.jsonl")
-
-
-@pytest.fixture
-def commands(trace: str) -> DspyCommands:
-    return DspyCommands(ProgramStore(), env={"DSPEX_DUMMY_TRACE": trace})
+pytestmark = pytest.mark.usefixtures("user_code_on_path")
 
 
 def sha256(path: Path) -> str:
