@@ -9,7 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -195,13 +195,7 @@ pub(super) struct Output {
 /// Runs `cmd` to completion with its output captured; `Ok(None)` when it had to be killed
 /// because it outlived `timeout`.
 pub(super) fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<Option<Output>> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
+    let (mut child, stdout, stderr) = spawn_piped(cmd)?;
     thread::scope(|scope| {
         // Both pipes are drained concurrently so a chatty child never blocks on a full pipe.
         let out = scope.spawn(move || read_all(stdout));
@@ -220,6 +214,18 @@ pub(super) fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Resu
             stderr,
         }))
     })
+}
+
+/// Starts `cmd` with no standard input and its output on pipes, handed back apart from it.
+fn spawn_piped(cmd: &mut Command) -> io::Result<(Child, ChildStdout, ChildStderr)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    Ok((child, stdout, stderr))
 }
 
 fn read_all(mut pipe: impl Read) -> String {
@@ -254,13 +260,7 @@ pub(super) fn run_streaming(
     cmd: &mut Command,
     on_line: &mut dyn FnMut(&str),
 ) -> io::Result<(ExitStatus, String)> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
+    let (mut child, stdout, stderr) = spawn_piped(cmd)?;
     let (tx, rx) = mpsc::channel::<String>();
     let mut last = VecDeque::with_capacity(TAIL_LINES);
     thread::scope(|scope| {
