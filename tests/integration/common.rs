@@ -1,11 +1,25 @@
 //! Helpers shared by the integration tests (process-wrap style `prelude`).
 pub mod lm_server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dspex::config::{Config, PythonExecutable};
 use dspex::System;
+use serde_json::Value;
+
+/// Parses JSONL text, naming the line that is not JSON.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// The JSON lines of the file at `path`; none while it does not exist (a trace file is
+/// created by the first call it records).
+pub fn json_lines_in(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).map_or_else(|_| Vec::new(), |text| json_lines(&text))
+}
 
 /// The test configuration with workers run by the host's `python3` and only the generic
 /// half of the bridge (no DSPy import needed): fast to start, no venv.

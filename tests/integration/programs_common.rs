@@ -71,13 +71,10 @@ pub fn reference(request: Value) -> Value {
 
 /// The `dummy` LM's calls so far: each call's messages.
 pub fn trace_calls(trace: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(trace) {
-        Ok(text) => text
-            .lines()
-            .map(|line| serde_json::from_str::<Value>(line).unwrap()["messages"].clone())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    crate::common::json_lines_in(trace)
+        .into_iter()
+        .map(|call| call["messages"].clone())
+        .collect()
 }
 
 /// The text of every message of a call, joined.
@@ -132,11 +129,4 @@ pub fn write_jsonl(path: &Path, rows: &[Map<String, Value>]) {
         .map(|row| format!("{}\n", Value::Object(row.clone())))
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-/// Parses JSONL text.
-pub fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }

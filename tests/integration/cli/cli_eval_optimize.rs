@@ -4,7 +4,7 @@
 //! `examples/programs/` run exactly as its README says.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::prelude::*;
 use crate::programs_common::*;
@@ -24,14 +24,6 @@ fn workspace(workers: usize) -> (tempfile::TempDir, PathBuf) {
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The calls the `dummy` LM received, each with the worker pid.
-fn traced(trace: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(trace) {
-        Ok(text) => lines(&text),
-        Err(_) => Vec::new(),
-    }
 }
 
 fn is_answer_step(messages: &Value) -> bool {
@@ -55,7 +47,7 @@ fn run_program_over_200_rows_on_2_workers_equals_the_module_called_in_python() {
         .code(0)
         .get_output()
         .clone();
-    let got = lines(&String::from_utf8_lossy(&out.stdout));
+    let got = stdout_lines(&out);
     assert_eq!(got.len(), 200);
     let expected = reference(json!({"mode": "run", "factory": FACTORY, "rows": questions(&data)}));
     for (i, line) in got.iter().enumerate() {
@@ -67,7 +59,7 @@ fn run_program_over_200_rows_on_2_workers_equals_the_module_called_in_python() {
     // Two LM calls per row (query, then answer). (That both workers serve is shown by
     // the library test of the same name: `run` starts serving from its first ready
     // worker, so how many a short run uses depends on start-up timing.)
-    assert_eq!(traced(&trace).len(), 400);
+    assert_eq!(json_lines_in(&trace).len(), 400);
 }
 
 #[test]
@@ -93,9 +85,9 @@ fn a_state_saved_by_dspy_loads_through_state_and_its_demos_reach_the_prompt() {
         .code(0)
         .get_output()
         .clone();
-    let plain_calls = traced(&trace).len();
+    let plain_calls = json_lines_in(&trace).len();
     assert_eq!(plain_calls, 6);
-    assert!(traced(&trace)
+    assert!(json_lines_in(&trace)
         .iter()
         .all(|c| !prompt_text(&c["messages"]).contains("geese")));
     let loaded = dspex(dir.path())
@@ -107,7 +99,7 @@ fn a_state_saved_by_dspy_loads_through_state_and_its_demos_reach_the_prompt() {
         .code(0)
         .get_output()
         .clone();
-    let calls = &traced(&trace)[plain_calls..];
+    let calls = &json_lines_in(&trace)[plain_calls..];
     assert_eq!(calls.len(), 6);
     for call in calls {
         let text = prompt_text(&call["messages"]);
@@ -121,8 +113,8 @@ fn a_state_saved_by_dspy_loads_through_state_and_its_demos_reach_the_prompt() {
     }
     // The demos change the prompts, so the (deterministic) answers differ; and they are
     // what DSPy gives with that state loaded.
-    let plain = lines(&String::from_utf8_lossy(&plain.stdout));
-    let loaded = lines(&String::from_utf8_lossy(&loaded.stdout));
+    let plain = stdout_lines(&plain);
+    let loaded = stdout_lines(&loaded);
     assert_ne!(plain[0]["outputs"], loaded[0]["outputs"]);
     let expected = reference(json!({
         "mode": "run", "factory": FACTORY, "state": state, "rows": questions(&rows(3)),
@@ -177,14 +169,14 @@ fn optimize_writes_a_state_and_run_with_it_differs_from_the_plain_run_exactly_by
         .map(|i| obj(json!({"question": format!("New question {i} about hail?")})))
         .collect();
     write_jsonl(&input, &questions_rows);
-    let before = traced(&trace).len();
+    let before = json_lines_in(&trace).len();
     dspex(dir.path())
         .args(["run", "--program", FACTORY, "--input"])
         .arg(&input)
         .assert()
         .code(0);
-    let plain: Vec<Value> = traced(&trace)[before..].to_vec();
-    let before = traced(&trace).len();
+    let plain: Vec<Value> = json_lines_in(&trace)[before..].to_vec();
+    let before = json_lines_in(&trace).len();
     let optimized_out = dspex(dir.path())
         .args(["run", "--program", FACTORY, "--state"])
         .arg(&state)
@@ -194,7 +186,7 @@ fn optimize_writes_a_state_and_run_with_it_differs_from_the_plain_run_exactly_by
         .code(0)
         .get_output()
         .clone();
-    let optimized: Vec<Value> = traced(&trace)[before..].to_vec();
+    let optimized: Vec<Value> = json_lines_in(&trace)[before..].to_vec();
     assert_eq!((plain.len(), optimized.len()), (12, 12));
 
     // Query step: the same question gives the same final message; the optimized prompt is
@@ -248,7 +240,7 @@ fn optimize_writes_a_state_and_run_with_it_differs_from_the_plain_run_exactly_by
         "mode": "run", "factory": FACTORY, "state": state,
         "rows": questions_rows.iter().map(|r| Value::Object(r.clone())).collect::<Vec<_>>(),
     }));
-    let got: Vec<Value> = lines(&String::from_utf8_lossy(&optimized_out.stdout))
+    let got: Vec<Value> = stdout_lines(&optimized_out)
         .iter()
         .map(|l| l["outputs"].clone())
         .collect();
@@ -284,7 +276,7 @@ fn eval_reports_dspy_evaluates_score_and_a_line_per_row() {
             stderr.contains(&format!("dspex eval: score {score} over 20 rows")),
             "{metric}: expected {score}: {stderr}"
         );
-        let scored = lines(&std::fs::read_to_string(&output).unwrap());
+        let scored = json_lines(&std::fs::read_to_string(&output).unwrap());
         assert_eq!(scored.len(), 20);
         let mut sum = 0.0;
         for (i, line) in scored.iter().enumerate() {
@@ -383,7 +375,7 @@ fn bad_input_exits_2_before_any_row_runs_and_writes_nothing() {
         assert!(!output.exists(), "{args:?}: nothing written");
         assert!(!dir.path().join("o.json").exists());
         assert!(
-            traced(&trace).is_empty(),
+            json_lines_in(&trace).is_empty(),
             "{args:?}: no LM call before the error"
         );
     }
@@ -403,7 +395,7 @@ fn bad_input_exits_2_before_any_row_runs_and_writes_nothing() {
         "{}",
         stderr_of(&out)
     );
-    assert!(traced(&trace).is_empty());
+    assert!(json_lines_in(&trace).is_empty());
 }
 
 /// Each line's `error.kind`, `null` where the line is an answer.
@@ -441,7 +433,7 @@ fn a_row_at_fault_fails_alone_in_run_and_eval() {
         .code(1)
         .get_output()
         .clone();
-    let run = lines(&String::from_utf8_lossy(&out.stdout));
+    let run = stdout_lines(&out);
     assert_eq!(
         error_kinds(&run),
         [
@@ -463,7 +455,7 @@ fn a_row_at_fault_fails_alone_in_run_and_eval() {
         .code(1)
         .get_output()
         .clone();
-    let scored = lines(&String::from_utf8_lossy(&out.stdout));
+    let scored = stdout_lines(&out);
     assert_eq!(
         error_kinds(&scored),
         [
@@ -514,7 +506,7 @@ fn run_command_drives_a_user_command_with_each_row_as_its_args() {
         .code(1)
         .get_output()
         .clone();
-    let got = lines(&String::from_utf8_lossy(&out.stdout));
+    let got = stdout_lines(&out);
     assert_eq!(got.len(), 2);
     assert_eq!(got[0]["id"], "a");
     assert_eq!(got[0]["error"]["kind"], "python");
@@ -536,7 +528,7 @@ fn run_command_drives_a_user_command_with_each_row_as_its_args() {
         .code(0)
         .get_output()
         .clone();
-    let got = lines(&String::from_utf8_lossy(&out.stdout));
+    let got = stdout_lines(&out);
     assert_eq!(got[0]["outputs"], json!({"value": 1}));
     assert_eq!(got[1]["outputs"], json!({"value": [2, 3]}));
 }
@@ -638,11 +630,11 @@ fn the_example_runs_as_its_readme_says() {
         assert_eq!(state[step]["demos"].as_array().unwrap().len(), 2, "{step}");
     }
     for scores in ["baseline.jsonl", "scores.jsonl"] {
-        let scored = lines(&std::fs::read_to_string(dir.path().join(scores)).unwrap());
+        let scored = json_lines(&std::fs::read_to_string(dir.path().join(scores)).unwrap());
         assert_eq!(scored.len(), 8);
         assert_eq!(scored.iter().filter(|l| l["score"] == 1.0).count(), 4);
     }
-    let answers = lines(&std::fs::read_to_string(dir.path().join("answers.jsonl")).unwrap());
+    let answers = json_lines(&std::fs::read_to_string(dir.path().join("answers.jsonl")).unwrap());
     assert_eq!(answers.len(), 3);
     for answer in &answers {
         let outputs = answer["outputs"].as_object().unwrap();

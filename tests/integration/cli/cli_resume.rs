@@ -11,8 +11,6 @@ use std::process::{Command, Stdio};
 use assert_cmd::cargo::cargo_bin;
 use serde_json::{json, Value};
 
-const QA: &str = "question -> answer";
-
 /// A config file whose workers trace every dummy LM call to `trace`.
 fn traced(dir: &Path, name: &str, trace: &Path) -> PathBuf {
     let config = dir.join(name);
@@ -25,15 +23,6 @@ fn traced(dir: &Path, name: &str, trace: &Path) -> PathBuf {
     )
     .unwrap();
     config
-}
-
-fn write_questions(path: &Path, rows: usize) {
-    let text: String = (0..rows)
-        .map(|i| {
-            json!({"id": format!("q{i}"), "question": format!("What is {i}?")}).to_string() + "\n"
-        })
-        .collect();
-    std::fs::write(path, text).unwrap();
 }
 
 /// Runs `dspex run -s QA` with `args`; panics unless it exits with `code`.

@@ -6,7 +6,7 @@
 
 use super::prelude::*;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,36 +14,10 @@ use std::time::{Duration, Instant};
 use predicates::prelude::*;
 use serde_json::{json, Value};
 
-const QA: &str = "question -> answer";
-
-/// A JSONL file of `rows` questions with ids `q0`, `q1`, ...
-fn questions(dir: &Path, rows: usize) -> PathBuf {
-    let path = dir.join("questions.jsonl");
-    let mut text = String::new();
-    for i in 0..rows {
-        text.push_str(
-            &json!({"id": format!("q{i}"), "question": format!("What is {i}?")}).to_string(),
-        );
-        text.push('\n');
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn parse_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    parse_lines(&std::fs::read_to_string(path).unwrap())
-}
-
 #[test]
 fn run_1000_rows_over_4_workers_answers_every_row_in_order_with_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let input = questions(dir.path(), 1000);
+    let input = questions_file(dir.path(), 1000);
     let output = dir.path().join("out.jsonl");
     dspex(dir.path())
         .args(["run", "--signature", QA, "--workers", "4", "--input"])
@@ -53,7 +27,7 @@ fn run_1000_rows_over_4_workers_answers_every_row_in_order_with_ids() {
         .assert()
         .code(0)
         .stderr(predicate::str::contains("1000 rows ok, 0 failed"));
-    let rows = read_lines(&output);
+    let rows = json_lines_in(&output);
     assert_eq!(rows.len(), 1000);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["index"], i, "{row}");
@@ -89,7 +63,7 @@ fn malformed_line_and_missing_field_fail_only_those_rows() {
         .get_output()
         .stdout
         .clone();
-    let rows = parse_lines(&String::from_utf8(out).unwrap());
+    let rows = json_lines(&String::from_utf8(out).unwrap());
     assert_eq!(rows.len(), 4);
     assert!(rows[0]["outputs"]["answer"].is_string(), "{}", rows[0]);
     assert_eq!(rows[1]["error"]["kind"], "input", "{}", rows[1]);
@@ -124,7 +98,7 @@ fn blank_lines_are_skipped_and_take_no_index() {
         .get_output()
         .stdout
         .clone();
-    let rows = parse_lines(&String::from_utf8(out).unwrap());
+    let rows = json_lines(&String::from_utf8(out).unwrap());
     let indices: Vec<&Value> = rows.iter().map(|r| &r["index"]).collect();
     assert_eq!(indices, [&json!(0), &json!(1)]);
     assert_eq!(
@@ -157,7 +131,7 @@ fn richer_example_dataset_runs_with_chain_of_thought_and_typed_outputs() {
         .get_output()
         .stdout
         .clone();
-    let rows = parse_lines(&String::from_utf8(out).unwrap());
+    let rows = json_lines(&String::from_utf8(out).unwrap());
     let expected = std::fs::read_to_string(&reviews).unwrap().lines().count();
     assert_eq!(rows.len(), expected);
     for row in &rows {
@@ -178,7 +152,7 @@ fn richer_example_dataset_runs_with_chain_of_thought_and_typed_outputs() {
 /// Runs `dspex run` with `args` and checks it exits 2 naming `problem`, without output.
 fn assert_usage_error(args: &[&str], problem: &str) {
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 3);
+    questions_file(dir.path(), 3);
     std::fs::write(dir.path().join("bad.toml"), "[pool]\nsise = 2\n").unwrap();
     let output = dir.path().join("out.jsonl");
     dspex(dir.path())
@@ -281,7 +255,7 @@ fn stdin_to_stdout_streams_rows_while_input_is_still_open() {
 fn signal_mid_run(signal: libc::c_int, expected_code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let rows = 20_000;
-    let input = questions(dir.path(), rows);
+    let input = questions_file(dir.path(), rows);
     let output = dir.path().join("out.jsonl");
     let mut child = command(dir.path())
         .args(["run", "-s", QA, "--workers", "1", "--input"])
@@ -312,7 +286,7 @@ fn signal_mid_run(signal: libc::c_int, expected_code: i32) {
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(expected_code), "{stderr}");
     assert!(stderr.contains("stopped by"), "{stderr}");
-    let written = read_lines(&output);
+    let written = json_lines_in(&output);
     assert!(
         written.len() >= 20 && written.len() < rows,
         "{} rows",
@@ -357,7 +331,7 @@ fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn an_output_that_is_a_hard_link_to_the_input_is_refused_and_the_input_survives() {
     let dir = tempfile::tempdir().unwrap();
-    let input = questions(dir.path(), 5);
+    let input = questions_file(dir.path(), 5);
     let before = std::fs::read(&input).unwrap();
     std::fs::hard_link(&input, dir.path().join("hard.jsonl")).unwrap();
     let out = run_in(dir.path(), &["-i", "questions.jsonl", "-o", "hard.jsonl"]);
@@ -374,7 +348,7 @@ fn an_output_that_is_a_hard_link_to_the_input_is_refused_and_the_input_survives(
 #[test]
 fn standard_input_redirected_from_the_output_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let input = questions(dir.path(), 5);
+    let input = questions_file(dir.path(), 5);
     let before = std::fs::read(&input).unwrap();
     // `dspex run -i - -o questions.jsonl < questions.jsonl`
     let out = command(dir.path())
@@ -427,7 +401,7 @@ fn a_line_longer_than_run_max_line_bytes_fails_only_that_row() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let rows = parse_lines(&String::from_utf8(out.stdout).unwrap());
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(rows.len(), 3);
     assert!(rows[0]["outputs"]["answer"].is_string(), "{}", rows[0]);
     assert_eq!(rows[1]["index"], 1);
@@ -503,7 +477,7 @@ fn dev_zero_as_input_fails_one_row_and_is_read_in_constant_memory() {
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
-    let rows = read_lines(&output);
+    let rows = json_lines_in(&output);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["error"]["kind"], "input");
     assert!(rows[0]["error"]["message"]
@@ -527,7 +501,7 @@ fn closed_pipe() -> std::os::fd::OwnedFd {
 fn a_closed_stderr_does_not_stop_the_run() {
     // `dspex run -o out.jsonl 2>&1 | head -1`: stderr's reader is gone.
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 300);
+    questions_file(dir.path(), 300);
     let out = command(dir.path())
         .args([
             "run",
@@ -549,7 +523,7 @@ fn a_closed_stderr_does_not_stop_the_run() {
         .status()
         .unwrap();
     assert_eq!(out.code(), Some(0));
-    let rows = read_lines(&dir.path().join("out.jsonl"));
+    let rows = json_lines_in(&dir.path().join("out.jsonl"));
     assert_eq!(rows.len(), 300);
     assert!(rows.iter().all(|r| r["outputs"].is_object()));
 }
@@ -558,7 +532,7 @@ fn a_closed_stderr_does_not_stop_the_run() {
 fn a_full_disk_keeps_whole_rows_and_says_how_many_were_written() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 400);
+    questions_file(dir.path(), 400);
     let limit: libc::rlim_t = 20_000;
     let mut cmd = command(dir.path());
     cmd.args([
@@ -598,7 +572,7 @@ fn a_full_disk_keeps_whole_rows_and_says_how_many_were_written() {
         "a partial row was left: {:?}",
         &text[text.len() - 40..]
     );
-    let rows = parse_lines(&text);
+    let rows = json_lines(&text);
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["index"], i);
     }
@@ -612,7 +586,7 @@ fn a_full_disk_keeps_whole_rows_and_says_how_many_were_written() {
 #[test]
 fn dev_full_as_output_reports_no_space_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 10);
+    questions_file(dir.path(), 10);
     let out = run_in(dir.path(), &["-i", "questions.jsonl", "-o", "/dev/full"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -640,7 +614,7 @@ fn unprivileged(dir: &Path) -> Command {
 fn an_unwritable_output_is_found_before_python_starts() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 3);
+    questions_file(dir.path(), 3);
     let read_only = dir.path().join("read-only.jsonl");
     std::fs::write(&read_only, "keep me\n").unwrap();
     std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o444)).unwrap();
@@ -704,7 +678,7 @@ fn integer_ids_beyond_2_pow_53_and_64_bits_are_echoed_exactly() {
 #[test]
 fn max_queue_zero_does_not_fail_rows() {
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 200);
+    questions_file(dir.path(), 200);
     let out = command(dir.path())
         .args(["run", "-s", QA, "-w", "1", "-i", "questions.jsonl"])
         .env("DSPEX_POOL__MAX_QUEUE", "0")
@@ -713,7 +687,7 @@ fn max_queue_zero_does_not_fail_rows() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let rows = parse_lines(&String::from_utf8(out.stdout).unwrap());
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(rows.len(), 200);
     assert!(rows.iter().all(|r| r["outputs"].is_object()), "{stderr}");
 }
@@ -721,10 +695,10 @@ fn max_queue_zero_does_not_fail_rows() {
 #[test]
 fn usage_is_in_each_line_and_totalled_in_the_summary_with_cpu_on_request() {
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 20);
+    questions_file(dir.path(), 20);
     let out = run_in(dir.path(), &["-i", "questions.jsonl", "--report-cpu"]);
     assert_eq!(out.status.code(), Some(0));
-    let rows = parse_lines(&String::from_utf8(out.stdout).unwrap());
+    let rows = json_lines(&String::from_utf8(out.stdout).unwrap());
     let mut total = 0;
     for row in &rows {
         let usage = &row["usage"];
@@ -743,7 +717,7 @@ fn usage_is_in_each_line_and_totalled_in_the_summary_with_cpu_on_request() {
 #[test]
 fn config_mistakes_are_errors_or_warnings_naming_the_key_before_python_starts() {
     let dir = tempfile::tempdir().unwrap();
-    questions(dir.path(), 1);
+    questions_file(dir.path(), 1);
     // One underscore: not a setting, said so, with the key meant.
     let out = command(dir.path())
         .args(["run", "-s", QA, "-i", "missing.jsonl"])
@@ -810,7 +784,7 @@ fn modules_planted_in_the_working_directory_are_never_imported_by_workers() {
     std::fs::create_dir(dir.path().join("dspex_bridge")).unwrap();
     std::fs::write(dir.path().join("dspex_bridge/__init__.py"), &plant).unwrap();
     std::fs::write(dir.path().join("dspex_bridge/__main__.py"), &plant).unwrap();
-    let input = questions(dir.path(), 4);
+    let input = questions_file(dir.path(), 4);
     let output = dir.path().join("out.jsonl");
     dspex(dir.path())
         .args(["run", "-s", QA, "-w", "2", "-i"])
@@ -824,7 +798,7 @@ fn modules_planted_in_the_working_directory_are_never_imported_by_workers() {
         "planted code ran: {:?}",
         std::fs::read_to_string(&marker)
     );
-    let lines = read_lines(&output);
+    let lines = json_lines_in(&output);
     assert_eq!(lines.len(), 4);
     assert!(
         lines.iter().all(|l| l["outputs"]["answer"].is_string()),

@@ -1,11 +1,17 @@
 //! What every CLI test needs: the `dspex` binary run in a directory of the test's own
 //! with nothing of the caller's configuration, and a look at its worker processes.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::cargo::cargo_bin;
+use serde_json::{json, Value};
+
+pub use crate::common::{json_lines, json_lines_in, pid_alive};
+
+/// The signature most CLI tests run.
+pub const QA: &str = "question -> answer";
 
 /// The `dspex` binary run in `dir`, inheriting no config file and no config variables
 /// (`DSPEX_HOME` and `DSPEX_BOOTSTRAP_PYTHON` still pass: they locate the shared venv),
@@ -55,16 +61,26 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     pids
 }
 
-/// Whether `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
+/// The JSON lines a finished command wrote to its standard output.
+pub fn stdout_lines(output: &Output) -> Vec<Value> {
+    json_lines(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// Writes `rows` questions with ids `q0`, `q1`, ... as JSONL to `path`.
+pub fn write_questions(path: &Path, rows: usize) {
+    let text: String = (0..rows)
+        .map(|i| {
+            json!({"id": format!("q{i}"), "question": format!("What is {i}?")}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// [`write_questions`] to `questions.jsonl` in `dir`; returns its path.
+pub fn questions_file(dir: &Path, rows: usize) -> PathBuf {
+    let path = dir.join("questions.jsonl");
+    write_questions(&path, rows);
+    path
 }
 
 /// How many lines `path` holds (0 while it does not exist yet).
