@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
@@ -820,26 +820,23 @@ fn or_none(output: &str) -> &str {
     }
 }
 
-/// Writes encoded frames to the request pipe, several at a time when they queue up.
+/// Writes encoded frames to the request pipe, flushing once the queue is empty: small frames
+/// that queue up share a write, a large one goes to the pipe without being copied again.
 /// Ends when the actor drops its sender (closing the pipe: the child sees EOF) or the pipe
 /// breaks (the reader notices the child's end).
 async fn write_frames(
     id: String,
-    mut writer: transport::BoxWrite,
+    writer: transport::BoxWrite,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
-    let mut batch = Vec::new();
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
         let written = async {
-            writer.write_all(&batch).await?;
+            let mut next = Some(first);
+            while let Some(frame) = next {
+                writer.write_all(&frame).await?;
+                next = rx.try_recv().ok();
+            }
             writer.flush().await
         };
         if let Err(e) = written.await {
