@@ -318,9 +318,8 @@ pub(crate) struct Worker {
     pool: Recipient<WorkerEvent>,
     writer: Option<mpsc::UnboundedSender<Bytes>>,
     process: Option<ChildProcess>,
+    /// The OS process's id; `None` behind an in-memory transport.
     pid: Option<u32>,
-    /// Whether there is an OS process behind the transport (not the in-memory fake).
-    real_process: bool,
     next_id: u64,
     pending: HashMap<u64, Pending>,
     tail: LogTail,
@@ -353,7 +352,6 @@ impl Worker {
             writer: None,
             process: None,
             pid: None,
-            real_process: false,
             next_id: 1,
             pending: HashMap::new(),
             tail,
@@ -438,7 +436,6 @@ impl Worker {
     fn connect(&mut self, ctx: &mut Context<Self>) -> Result<(), ActorError> {
         let conn = self.launcher.launch(&self.state.id)?;
         self.pid = conn.process.as_ref().map(ChildProcess::pid);
-        self.real_process = conn.process.is_some();
         self.process = conn.process;
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         actix::spawn(write_frames(self.state.id.clone(), conn.writer, rx));
@@ -702,7 +699,7 @@ impl Worker {
         match self.phase {
             Phase::Gone => return,
             Phase::Stopping => {
-                if !self.real_process && protocol_error.is_none() {
+                if self.pid.is_none() && protocol_error.is_none() {
                     // In-memory worker: the stream closing is its exit. A real process is
                     // finished by the stop ladder's reap instead.
                     self.finish_stop("transport closed".to_owned(), ctx);
