@@ -208,14 +208,16 @@ pub(crate) enum WorkerEventKind {
         retire: Option<String>,
     },
     /// The far end refused `job` for rate; its slot is free. The pool decides whether and
-    /// when it runs again; `error` is what its caller gets if not.
+    /// when it runs again; `error` is what its caller gets if not. `retire` as in `Freed`.
     Throttled {
         job: Job,
         error: ActorError,
         retry_after: Option<Duration>,
+        retire: Option<String>,
     },
     /// A request ran past its timeout; `stuck` requests are now held past theirs. With
-    /// `drain`, too many are stuck: send it nothing more and replace it.
+    /// `drain` (too many are stuck, or a reason as `retire` in `Freed`): send it nothing
+    /// more and replace it.
     TimedOut { stuck: usize, drain: Option<String> },
     /// A health ping failed: replace the worker now.
     Unhealthy { reason: String },
@@ -607,7 +609,7 @@ impl Worker {
             return;
         };
         let latency = job.submitted.elapsed();
-        let (outcome, mut retire) = match result {
+        let (outcome, retire) = match result {
             Ok(value) => {
                 self.state.checkin(Checkin::Ok);
                 job.answer(Ok(value));
@@ -620,6 +622,7 @@ impl Worker {
                         job,
                         error: ActorError::python(wire),
                         retry_after,
+                        retire: self.retire_reason(),
                     });
                     return;
                 }
@@ -641,19 +644,25 @@ impl Worker {
                 }
             },
         };
-        if self.phase != Phase::Running {
-            retire = None;
-        } else if retire.is_none() {
-            retire = self
-                .state
-                .retire_reason(self.settings.retire, self.spawned_at.elapsed());
-        }
+        let retire = retire
+            .filter(|_| self.phase == Phase::Running)
+            .or_else(|| self.retire_reason());
         self.notify(WorkerEventKind::Freed {
             outcome,
             limited,
             latency,
             retire,
         });
+    }
+
+    /// Why the serving worker should be replaced now that a request ended (unhealthy, or
+    /// past `pool.max_requests` / `pool.max_lifetime`); never while it is not serving.
+    fn retire_reason(&self) -> Option<String> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        self.state
+            .retire_reason(self.settings.retire, self.spawned_at.elapsed())
     }
 
     fn on_request_timeout(&mut self, id: u64, timeout: Duration) {
@@ -672,13 +681,17 @@ impl Worker {
             timeout,
             "the worker did not answer in time; raise pool.request_timeout for slow programs",
         )));
-        let drain = self.state.time_out().then(|| {
-            format!(
+        // A timeout ends the request like an answer does: it may also make the worker
+        // unhealthy or reach its pool.max_requests.
+        let drain = if self.state.time_out() {
+            Some(format!(
                 "{} of its {} slots are stuck past pool.request_timeout",
                 self.state.stuck(),
                 self.state.capacity()
-            )
-        });
+            ))
+        } else {
+            self.retire_reason()
+        };
         self.notify(WorkerEventKind::TimedOut {
             stuck: self.state.stuck(),
             drain,
