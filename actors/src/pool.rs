@@ -563,6 +563,7 @@ impl PoolManager {
         mut job: Job,
         error: ActorError,
         retry_after: Option<Duration>,
+        retire: Option<String>,
         ctx: &mut Context<Self>,
     ) {
         let now = Instant::now();
@@ -593,6 +594,9 @@ impl PoolManager {
                 job.throttles
             );
             self.requeue(job, Some(now + backoff));
+        }
+        if let Some(reason) = retire {
+            self.retire(id, reason, ctx);
         }
         self.maybe_stop_drained(id);
         self.dispatch(ctx);
@@ -651,7 +655,8 @@ impl PoolManager {
                 job,
                 error,
                 retry_after,
-            } => self.on_throttled(&id, job, error, retry_after, ctx),
+                retire,
+            } => self.on_throttled(&id, job, error, retry_after, retire, ctx),
             WorkerEventKind::TimedOut { stuck, drain } => {
                 if let Some(entry) = self.workers.get_mut(&id) {
                     entry.stuck = stuck;

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
@@ -208,14 +208,16 @@ pub(crate) enum WorkerEventKind {
         retire: Option<String>,
     },
     /// The far end refused `job` for rate; its slot is free. The pool decides whether and
-    /// when it runs again; `error` is what its caller gets if not.
+    /// when it runs again; `error` is what its caller gets if not. `retire` as in `Freed`.
     Throttled {
         job: Job,
         error: ActorError,
         retry_after: Option<Duration>,
+        retire: Option<String>,
     },
     /// A request ran past its timeout; `stuck` requests are now held past theirs. With
-    /// `drain`, too many are stuck: send it nothing more and replace it.
+    /// `drain` (too many are stuck, or a reason as `retire` in `Freed`): send it nothing
+    /// more and replace it.
     TimedOut { stuck: usize, drain: Option<String> },
     /// A health ping failed: replace the worker now.
     Unhealthy { reason: String },
@@ -318,9 +320,8 @@ pub(crate) struct Worker {
     pool: Recipient<WorkerEvent>,
     writer: Option<mpsc::UnboundedSender<Bytes>>,
     process: Option<ChildProcess>,
+    /// The OS process's id; `None` behind an in-memory transport.
     pid: Option<u32>,
-    /// Whether there is an OS process behind the transport (not the in-memory fake).
-    real_process: bool,
     next_id: u64,
     pending: HashMap<u64, Pending>,
     tail: LogTail,
@@ -353,7 +354,6 @@ impl Worker {
             writer: None,
             process: None,
             pid: None,
-            real_process: false,
             next_id: 1,
             pending: HashMap::new(),
             tail,
@@ -438,7 +438,6 @@ impl Worker {
     fn connect(&mut self, ctx: &mut Context<Self>) -> Result<(), ActorError> {
         let conn = self.launcher.launch(&self.state.id)?;
         self.pid = conn.process.as_ref().map(ChildProcess::pid);
-        self.real_process = conn.process.is_some();
         self.process = conn.process;
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         actix::spawn(write_frames(self.state.id.clone(), conn.writer, rx));
@@ -610,7 +609,7 @@ impl Worker {
             return;
         };
         let latency = job.submitted.elapsed();
-        let (outcome, mut retire) = match result {
+        let (outcome, retire) = match result {
             Ok(value) => {
                 self.state.checkin(Checkin::Ok);
                 job.answer(Ok(value));
@@ -623,6 +622,7 @@ impl Worker {
                         job,
                         error: ActorError::python(wire),
                         retry_after,
+                        retire: self.retire_reason(),
                     });
                     return;
                 }
@@ -644,19 +644,25 @@ impl Worker {
                 }
             },
         };
-        if self.phase != Phase::Running {
-            retire = None;
-        } else if retire.is_none() {
-            retire = self
-                .state
-                .retire_reason(self.settings.retire, self.spawned_at.elapsed());
-        }
+        let retire = retire
+            .filter(|_| self.phase == Phase::Running)
+            .or_else(|| self.retire_reason());
         self.notify(WorkerEventKind::Freed {
             outcome,
             limited,
             latency,
             retire,
         });
+    }
+
+    /// Why the serving worker should be replaced now that a request ended (unhealthy, or
+    /// past `pool.max_requests` / `pool.max_lifetime`); never while it is not serving.
+    fn retire_reason(&self) -> Option<String> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        self.state
+            .retire_reason(self.settings.retire, self.spawned_at.elapsed())
     }
 
     fn on_request_timeout(&mut self, id: u64, timeout: Duration) {
@@ -675,13 +681,17 @@ impl Worker {
             timeout,
             "the worker did not answer in time; raise pool.request_timeout for slow programs",
         )));
-        let drain = self.state.time_out().then(|| {
-            format!(
+        // A timeout ends the request like an answer does: it may also make the worker
+        // unhealthy or reach its pool.max_requests.
+        let drain = if self.state.time_out() {
+            Some(format!(
                 "{} of its {} slots are stuck past pool.request_timeout",
                 self.state.stuck(),
                 self.state.capacity()
-            )
-        });
+            ))
+        } else {
+            self.retire_reason()
+        };
         self.notify(WorkerEventKind::TimedOut {
             stuck: self.state.stuck(),
             drain,
@@ -702,7 +712,7 @@ impl Worker {
         match self.phase {
             Phase::Gone => return,
             Phase::Stopping => {
-                if !self.real_process && protocol_error.is_none() {
+                if self.pid.is_none() && protocol_error.is_none() {
                     // In-memory worker: the stream closing is its exit. A real process is
                     // finished by the stop ladder's reap instead.
                     self.finish_stop("transport closed".to_owned(), ctx);
@@ -820,26 +830,23 @@ fn or_none(output: &str) -> &str {
     }
 }
 
-/// Writes encoded frames to the request pipe, several at a time when they queue up.
+/// Writes encoded frames to the request pipe, flushing once the queue is empty: small frames
+/// that queue up share a write, a large one goes to the pipe without being copied again.
 /// Ends when the actor drops its sender (closing the pipe: the child sees EOF) or the pipe
 /// breaks (the reader notices the child's end).
 async fn write_frames(
     id: String,
-    mut writer: transport::BoxWrite,
+    writer: transport::BoxWrite,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
 ) {
-    let mut batch = Vec::new();
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
         let written = async {
-            writer.write_all(&batch).await?;
+            let mut next = Some(first);
+            while let Some(frame) = next {
+                writer.write_all(&frame).await?;
+                next = rx.try_recv().ok();
+            }
             writer.flush().await
         };
         if let Err(e) = written.await {

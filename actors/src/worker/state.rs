@@ -181,7 +181,9 @@ impl WorkerState {
         self.in_flight += 1;
         self.stats.checkouts += 1;
         if let Some(session) = session {
-            if self.served.insert(session.to_owned()) {
+            // Looked up first: a session's every request would otherwise copy its id.
+            if !self.served.contains(session) {
+                self.served.insert(session.to_owned());
                 self.stats.sessions_served += 1;
             }
             if self.session.as_deref() != Some(session) {
