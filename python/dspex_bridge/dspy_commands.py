@@ -64,9 +64,9 @@ class DspyCommands:
             "optimize": self.optimize,
         }
 
-    def preload(self) -> str:
+    def preload(self) -> None:
         """Import DSPy and build the default LM with its client (``DSPEX_PRELOAD_DSPY=1``);
-        returns the model, for ``ping``'s ``lm`` field.
+        :meth:`preloaded_lm` then names its model.
 
         The host starts its workers' imports in parallel, before any request waits; a
         worker then answers its first row without paying for them.
@@ -80,7 +80,6 @@ class DspyCommands:
             kind = preload_client(lm)
             log.info("preloaded LM %r (%s client)", config.model, kind)
         self._preloaded = config.model
-        return config.model
 
     def preloaded_lm(self) -> Optional[str]:
         """The model ``preload`` built, for ``ping``'s ``lm`` field (``None`` before)."""
