@@ -256,9 +256,7 @@ class DspyCommands:
             program_id = definition_program_id(definition)
         if program_id is None:
             raise InvalidRequest("execute_program needs a program_id or a definition")
-        digest = args.get("digest")
-        if digest is not None and not isinstance(digest, str):
-            raise InvalidRequest(f"digest must be a string, got {type(digest).__name__}")
+        digest = _digest(args)
         cached = self._store.get(scope, program_id)
         if cached is not None and digest is not None and cached.digest == digest:
             return cached
