@@ -28,7 +28,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from .definitions import definition_program_id, parse_program
 from .errors import InvalidRequest, LMError
+from .evaluate import load_metric, make_example, score_of
 from .lm import LMConfig, LMs
+from .outputs import prediction_outputs
 from .programs import Program, ProgramStore, definition_hash, scope_of
 
 log = logging.getLogger("dspex_bridge.dspy")
@@ -107,8 +109,6 @@ class DspyCommands:
         definition = args.get("definition")
         spec = parse_program(definition, _program_id(args, required=False))
         if args.get("metric") is not None:
-            from .evaluate import load_metric
-
             load_metric(args["metric"])
         program = self._build(spec, definition, _digest(args))
         self._store.put(scope, program)
@@ -127,7 +127,7 @@ class DspyCommands:
         program, inputs, config = self._request(args)
         with self._session(config) as usage:
             prediction = self._run(program, config, inputs)
-            outputs = self._outputs(program, prediction)
+            outputs = prediction_outputs(program.spec, prediction)
         self._store.count_execution(program)
         return {"program_id": program.program_id, "outputs": outputs, "usage": usage.summary()}
 
@@ -136,8 +136,6 @@ class DspyCommands:
 
         See :mod:`.evaluate` for how this matches ``dspy.Evaluate``.
         """
-        from .evaluate import load_metric, make_example, score_of
-
         program, inputs, config = self._request(args)
         labels = args.get("labels") or {}
         if not isinstance(labels, dict):
@@ -147,7 +145,7 @@ class DspyCommands:
         with self._session(config) as usage:
             example = make_example(inputs, labels)
             prediction = self._run(program, config, inputs)
-            outputs = self._outputs(program, prediction)
+            outputs = prediction_outputs(program.spec, prediction)
             score = score_of(metric(example, prediction), metric_name)
         self._store.count_execution(program)
         return {"program_id": program.program_id, "outputs": outputs, "score": score, "usage": usage.summary()}
@@ -160,7 +158,6 @@ class DspyCommands:
         before the first LM call.
         """
         from . import optimize
-        from .evaluate import load_metric
 
         self._load_dspy()
         name = args.get("optimizer")
@@ -320,11 +317,6 @@ class DspyCommands:
             if failure is None:
                 raise
             raise failure from exc
-
-    def _outputs(self, program: Program, prediction: Any) -> Dict[str, Any]:
-        from .outputs import prediction_outputs
-
-        return prediction_outputs(program.spec, prediction)
 
     def _lm_failure(self, config: LMConfig, exc: BaseException) -> Optional[BaseException]:
         """The ``LMError`` an LM failure that escaped the LM's own policy becomes, if it is one."""

@@ -53,6 +53,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import dspy
 from dspy.utils.callback import BaseCallback
 
+from .usage import record_call
+
 #: The model name that selects this LM.
 MODEL_NAME = "dummy"
 
@@ -147,8 +149,6 @@ class DummyLM(dspy.BaseLM):
         return self.forward(prompt=prompt, messages=messages, **kwargs)
 
     def update_history(self, entry: Dict[str, Any]) -> None:
-        from .usage import record_call
-
         if record_call(self.model, entry):
             super().update_history(entry)
 
