@@ -28,7 +28,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from .definitions import definition_program_id, parse_program
 from .errors import InvalidRequest, LMError
+from .evaluate import load_metric, make_example, score_of
 from .lm import LMConfig, LMs
+from .outputs import prediction_outputs
 from .programs import Program, ProgramStore, definition_hash, scope_of
 
 log = logging.getLogger("dspex_bridge.dspy")
@@ -64,9 +66,9 @@ class DspyCommands:
             "optimize": self.optimize,
         }
 
-    def preload(self) -> str:
+    def preload(self) -> None:
         """Import DSPy and build the default LM with its client (``DSPEX_PRELOAD_DSPY=1``);
-        returns the model, for ``ping``'s ``lm`` field.
+        :meth:`preloaded_lm` then names its model.
 
         The host starts its workers' imports in parallel, before any request waits; a
         worker then answers its first row without paying for them.
@@ -80,7 +82,6 @@ class DspyCommands:
             kind = preload_client(lm)
             log.info("preloaded LM %r (%s client)", config.model, kind)
         self._preloaded = config.model
-        return config.model
 
     def preloaded_lm(self) -> Optional[str]:
         """The model ``preload`` built, for ``ping``'s ``lm`` field (``None`` before)."""
@@ -108,8 +109,6 @@ class DspyCommands:
         definition = args.get("definition")
         spec = parse_program(definition, _program_id(args, required=False))
         if args.get("metric") is not None:
-            from .evaluate import load_metric
-
             load_metric(args["metric"])
         program = self._build(spec, definition, _digest(args))
         self._store.put(scope, program)
@@ -128,7 +127,7 @@ class DspyCommands:
         program, inputs, config = self._request(args)
         with self._session(config) as usage:
             prediction = self._run(program, config, inputs)
-            outputs = self._outputs(program, prediction)
+            outputs = prediction_outputs(program.spec, prediction)
         self._store.count_execution(program)
         return {"program_id": program.program_id, "outputs": outputs, "usage": usage.summary()}
 
@@ -137,8 +136,6 @@ class DspyCommands:
 
         See :mod:`.evaluate` for how this matches ``dspy.Evaluate``.
         """
-        from .evaluate import load_metric, make_example, score_of
-
         program, inputs, config = self._request(args)
         labels = args.get("labels") or {}
         if not isinstance(labels, dict):
@@ -148,7 +145,7 @@ class DspyCommands:
         with self._session(config) as usage:
             example = make_example(inputs, labels)
             prediction = self._run(program, config, inputs)
-            outputs = self._outputs(program, prediction)
+            outputs = prediction_outputs(program.spec, prediction)
             score = score_of(metric(example, prediction), metric_name)
         self._store.count_execution(program)
         return {"program_id": program.program_id, "outputs": outputs, "score": score, "usage": usage.summary()}
@@ -161,7 +158,6 @@ class DspyCommands:
         before the first LM call.
         """
         from . import optimize
-        from .evaluate import load_metric
 
         self._load_dspy()
         name = args.get("optimizer")
@@ -257,9 +253,7 @@ class DspyCommands:
             program_id = definition_program_id(definition)
         if program_id is None:
             raise InvalidRequest("execute_program needs a program_id or a definition")
-        digest = args.get("digest")
-        if digest is not None and not isinstance(digest, str):
-            raise InvalidRequest(f"digest must be a string, got {type(digest).__name__}")
+        digest = _digest(args)
         cached = self._store.get(scope, program_id)
         if cached is not None and digest is not None and cached.digest == digest:
             return cached
@@ -323,11 +317,6 @@ class DspyCommands:
             if failure is None:
                 raise
             raise failure from exc
-
-    def _outputs(self, program: Program, prediction: Any) -> Dict[str, Any]:
-        from .outputs import prediction_outputs
-
-        return prediction_outputs(program.spec, prediction)
 
     def _lm_failure(self, config: LMConfig, exc: BaseException) -> Optional[BaseException]:
         """The ``LMError`` an LM failure that escaped the LM's own policy becomes, if it is one."""

@@ -53,8 +53,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import dspy
 from dspy.utils.callback import BaseCallback
 
-#: The model name that selects this LM.
-MODEL_NAME = "dummy"
+from .lm import DUMMY_MODEL
+from .usage import record_call
 
 _FIELD_MARKER = re.compile(r"`\[\[ ## (\w+) ## \]\]`(?: \(must be formatted as a valid Python ([^)]*)\))?")
 # Characters that could forge an adapter marker (``[[ ## field ## ]]``) or break a line.
@@ -113,7 +113,7 @@ class DummyLM(dspy.BaseLM):
     def __init__(self, trace_path: Optional[str] = None) -> None:
         # No cache and no retries: every call must exercise formatting and parsing, and a
         # dummy never fails transiently.
-        super().__init__(model=MODEL_NAME, model_type="chat", cache=False, num_retries=0)
+        super().__init__(model=DUMMY_MODEL, model_type="chat", cache=False, num_retries=0)
         self.trace_path = trace_path
 
     def forward(self, prompt: Optional[str] = None, messages: Optional[List[Dict[str, Any]]] = None, **kwargs: Any):
@@ -131,7 +131,7 @@ class DummyLM(dspy.BaseLM):
         return {
             "id": "dummy-" + _digest(messages)[:16],
             "object": "chat.completion",
-            "model": MODEL_NAME,
+            "model": DUMMY_MODEL,
             "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
@@ -147,15 +147,13 @@ class DummyLM(dspy.BaseLM):
         return self.forward(prompt=prompt, messages=messages, **kwargs)
 
     def update_history(self, entry: Dict[str, Any]) -> None:
-        from .usage import record_call
-
         if record_call(self.model, entry):
             super().update_history(entry)
 
 
 def append_trace(path: str, messages: Any) -> None:
     """Append one call's line to the trace file in a single ``O_APPEND`` write."""
-    line = json.dumps({"pid": os.getpid(), "model": MODEL_NAME, "messages": messages}, default=str) + "\n"
+    line = json.dumps({"pid": os.getpid(), "model": DUMMY_MODEL, "messages": messages}, default=str) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, line.encode("utf-8"))

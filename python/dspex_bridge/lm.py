@@ -16,6 +16,7 @@ providers it knows (``openai/...`` included) and LiteLLM otherwise; ``extra={"en
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -81,9 +82,10 @@ class LMConfig:
     cache: str = "off"
     cache_dir: Optional[str] = None
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """A canonical string for this config, to share one LM per distinct config."""
+        """A canonical string for this config, to share one LM per distinct config (computed
+        once: the default config is looked up on every request)."""
         return json.dumps(
             [
                 self.model,

@@ -15,7 +15,7 @@ import functools
 import math
 from typing import Any, Dict, Mapping, Optional
 
-from .definitions import ProgramSpec
+from .definitions import ProgramSpec, type_text
 
 
 def prediction_outputs(spec: ProgramSpec, prediction: Any) -> Dict[str, Any]:
@@ -67,8 +67,6 @@ def _adapter(annotation: Any) -> Any:
 
 
 def _type_name(field: Any) -> str:
-    from .definitions import type_text
-
     return type_text(field.type_term)
 
 

@@ -34,7 +34,6 @@ import argparse
 import collections
 import contextvars
 import importlib
-import json
 import logging
 import os
 import platform
@@ -291,7 +290,6 @@ class Worker:
         self._counts_lock = threading.Lock()
         self._requests = 0
         self._errors = 0
-        self._preloaded_lm: Optional[str] = None
         self._store = ProgramStore()
         self._dspy = DspyCommands(self._store, env)
         own: Dict[str, BuiltinHandler] = {
@@ -513,8 +511,7 @@ class Worker:
         if args.get("initialization") and self._env.get("DSPEX_PRELOAD_DSPY") == "1":
             # A DSPy worker is ready only once DSPy and its LM client are: an import
             # failure fails start-up with its cause instead of failing the first row.
-            model = self._dspy.preload()
-            self._preloaded_lm = model if isinstance(model, str) else _configured_model(self._env)
+            self._dspy.preload()
         return {
             "status": "ok",
             "worker_id": self.worker_id,
@@ -523,7 +520,7 @@ class Worker:
             "python_version": platform.python_version(),
             "dspy_loaded": "dspy" in sys.modules,
             "concurrency": self.concurrency,
-            "lm": self._preloaded_lm,
+            "lm": self._dspy.preloaded_lm(),
         }
 
     def _echo(self, args: Dict[str, Any], ctx: RequestContext) -> Dict[str, Any]:
@@ -579,16 +576,6 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     return type(value).__name__
-
-
-def _configured_model(env: Mapping[str, str]) -> Optional[str]:
-    """The model named by ``DSPEX_LM``, for ``ping`` when ``preload()`` does not say."""
-    try:
-        settings = json.loads(env.get("DSPEX_LM") or "null")
-    except ValueError:
-        return None
-    model = settings.get("model") if isinstance(settings, dict) else None
-    return model if isinstance(model, str) else None
 
 
 def memory_message(command: Any, env: Mapping[str, str]) -> str:

@@ -7,8 +7,6 @@ import os
 import threading
 from typing import Any, Dict, List, Optional
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-
 
 def field(name: str, type_term: Any = "str", description: Optional[str] = None) -> Dict[str, Any]:
     return {"name": name, "type": type_term, "description": description}

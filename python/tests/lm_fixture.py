@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +14,15 @@ from typing import Any, Dict, Optional, Sequence
 from bridge_client import DEFAULT_TIMEOUT, PYTHON_DIR
 
 LM_SERVER = os.path.join(os.path.dirname(PYTHON_DIR), "tests", "fixtures", "lm_server.py")
+
+
+def load_lm_server() -> Any:
+    """``lm_server.py`` as a module in this process (it is a script, not on ``sys.path``), for
+    tests that serve its answers from an in-process server."""
+    spec = importlib.util.spec_from_file_location("lm_server", LM_SERVER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class LMServer:

@@ -2,18 +2,18 @@
 
 The DSPy half's tests need a real HTTP endpoint (so the real DSPy/LiteLLM clients run, never
 a mocked one) whose answers they can script: ``500``/``429`` on chosen calls, a ``Retry-After``
-header, and a count of what arrived. It answers in ChatAdapter format with the dummy LM's
-own completion function, so any signature gets typed values. Standard library only.
+header, and a count of what arrived. It answers with the test LM server's own completions
+(``tests/fixtures/lm_server.py``), so any signature gets typed values. Standard library only.
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional
 
-from dspex_bridge.dummy_lm import complete
+from lm_fixture import load_lm_server
+
+lm_server = load_lm_server()
 
 
 class ScriptedLM:
@@ -32,8 +32,7 @@ class ScriptedLM:
         self.requests: List[Dict[str, Any]] = []
         self.authorizations: List[Optional[str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = lm_server.Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -64,56 +63,21 @@ class ScriptedLM:
     def _handler(self) -> type:
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(lm_server.Handler):
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = self._body()
                 outcome = owner._next(body, self.headers.get("Authorization"))
                 if outcome == "ok":
-                    messages = body.get("messages") or []
-                    text = complete(messages)
-                    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-                    completion_tokens = len(text.split())
-                    self._send(
-                        200,
-                        {
-                            "id": "chatcmpl-test",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": owner.model,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": text},
-                                }
-                            ],
-                            "usage": {
-                                "prompt_tokens": prompt_tokens,
-                                "completion_tokens": completion_tokens,
-                                "total_tokens": prompt_tokens + completion_tokens,
-                            },
-                        },
-                    )
+                    completion = lm_server.complete(body, owner.model)
+                    # The model this server names is what LiteLLM prices the call by.
+                    completion["model"] = owner.model
+                    self._json(200, completion)
                     return
                 status = int(outcome)
-                error = {"error": {"message": f"scripted {status}", "type": "server_error", "code": str(status)}}
                 headers = {"Retry-After": owner.retry_after} if owner.retry_after is not None else {}
-                self._send(status, error, headers)
-
-            def _send(self, status: int, payload: Dict[str, Any], headers: Optional[Dict[str, str]] = None) -> None:
-                data = json.dumps(payload).encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                self._error(status, f"scripted {status}", "server_error", headers)
 
         return Handler
