@@ -37,6 +37,7 @@ import importlib
 import logging
 import os
 import platform
+import select
 import signal
 import sys
 import threading
@@ -103,7 +104,7 @@ def claim_transport(transport: str) -> Streams:
         os.close(devnull)
         sys.stdout = sys.stderr
         _line_buffer_logs()
-        return Streams(os.fdopen(requests_fd, "rb"), os.fdopen(responses_fd, "wb"))
+        return Streams(os.fdopen(requests_fd, "rb", buffering=0), os.fdopen(responses_fd, "wb"))
     if transport == "fds":
         for fd in (REQUEST_FD, RESPONSE_FD):
             try:
@@ -117,7 +118,7 @@ def claim_transport(transport: str) -> Streams:
             # the host from ever seeing this worker's end of stream.
             os.set_inheritable(fd, False)
         _line_buffer_logs()
-        return Streams(os.fdopen(REQUEST_FD, "rb"), os.fdopen(RESPONSE_FD, "wb"))
+        return Streams(os.fdopen(REQUEST_FD, "rb", buffering=0), os.fdopen(RESPONSE_FD, "wb"))
     raise TransportError(f"DSPEX_TRANSPORT must be 'fds' or 'stdio', got {transport!r}")
 
 
@@ -152,6 +153,54 @@ def load_handlers(env: Mapping[str, str]) -> List[Tuple[str, BaseException]]:
 
 class _Terminated(BaseException):
     """Raised by the SIGTERM handler; a BaseException so ``except Exception`` cannot eat it."""
+
+
+class SignalAwareReader:
+    """The request stream, read so that a signal taken by any thread wakes the reader.
+
+    Linux delivers a process-directed signal (the host's SIGTERM) to any thread that does not
+    block it, and request threads must not block it (a mask would be inherited by the
+    processes user code starts). When a request thread takes it, CPython only marks it
+    pending for the main thread, which, blocked in ``read`` on the request pipe, would never
+    run the handler: the worker would ignore SIGTERM until the next request came in. With
+    :func:`signal.set_wakeup_fd` the C-level handler also writes to a pipe on whichever thread
+    it runs, and this reader waits on the request descriptor and that pipe together, so the
+    main thread wakes up and runs the handler.
+    """
+
+    def __init__(self, stream: BinaryIO, wakeup: int) -> None:
+        # The stream itself is kept (not only its descriptor) so it is not closed under us.
+        self._stream = stream
+        self._fd = stream.fileno()
+        self._wakeup = wakeup
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._poll.register(wakeup, select.POLLIN)
+        self._buffer = bytearray()
+
+    def read(self, count: int) -> bytes:
+        """Up to ``count`` bytes; ``b""`` at end of stream."""
+        while not self._buffer:
+            ready = {fd for fd, _ in self._poll.poll()}
+            if self._wakeup in ready:
+                # A signal came in; its handler runs as soon as this thread runs Python.
+                _drain(self._wakeup)
+            if self._fd in ready:
+                chunk = os.read(self._fd, max(count, 1 << 16))
+                if not chunk:
+                    return b""
+                self._buffer += chunk
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class ResponseWriter:
@@ -312,8 +361,13 @@ class Worker:
         and threads left by LM clients are not joined.
         """
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        requests = self._streams.requests
+        if _has_fileno(requests):
+            requests = SignalAwareReader(requests, wake_read)
         try:
-            code = self._read_loop()
+            code = self._read_loop(requests)
             self._pool.drain()
             return code
         except _Terminated:
@@ -324,13 +378,16 @@ class Worker:
             log.info("worker %s: the host closed the response stream; exiting", self.worker_id)
             return EXIT_OK
         finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            os.close(wake_read)
+            os.close(wake_write)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _read_loop(self) -> int:
+    def _read_loop(self, requests: BinaryIO) -> int:
         while True:
             try:
-                payload = protocol.read_frame(self._streams.requests, self._max_frame)
+                payload = protocol.read_frame(requests, self._max_frame)
             except protocol.ProtocolError as exc:
                 log.error("worker %s: protocol violation, exiting: %s", self.worker_id, exc)
                 return EXIT_PROTOCOL
@@ -364,10 +421,8 @@ class Worker:
                 self._pool.submit((contextvars.copy_context(), request))
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # Python runs this on the main thread, and Linux delivers a process-directed signal
-        # to the main thread when it does not block it, so a read blocked on the request
-        # pipe is interrupted (EINTR) even while request threads run. Request threads keep
-        # the default mask on purpose: a mask would be inherited by user subprocesses.
+        # Python runs this on the main thread, whichever thread took the signal; the
+        # request reader wakes up for it (SignalAwareReader).
         if self._writer.mid_frame_here():
             # Mid-frame on this thread: leave once the frame is whole.
             self._writer.exit_after_frame = True
@@ -721,6 +776,14 @@ def _start(argv: Optional[Sequence[str]]) -> int:
 
 def _terminate(signum: int, frame: Any) -> None:
     raise _Terminated()
+
+
+def _has_fileno(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
 
 
 def _hard_exit(code: int) -> None:

@@ -44,6 +44,16 @@ def test_end_of_stream_finishes_what_runs_then_exits(spawn: SpawnFn, gate: Gate)
     assert worker.wait() == 0
 
 
+def test_sigterm_taken_by_a_request_thread_still_ends_the_worker_at_once(spawn: SpawnFn) -> None:
+    # Linux may deliver the host's SIGTERM to any thread; Python runs the handler on the main
+    # thread, which must wake up from its read of the request pipe to do so.
+    worker = spawn("fds", env=runtime_env(DSPEX_WORKER_CONCURRENCY="2"))
+    worker.send("sigterm_on_this_thread")
+    assert worker.wait(timeout=10) == 0, worker.logs()
+    assert worker.read_remaining() == b""
+    assert "terminated by signal" in worker.stderr_log()
+
+
 def test_shutdown_does_not_wait_for_lingering_threads(spawn: SpawnFn) -> None:
     worker = spawn("fds", env=runtime_env())
     assert worker.call("linger")["threads"] >= 2
