@@ -15,6 +15,7 @@ pub mod system;
 pub mod testing;
 
 pub use config::Config;
+pub use dspex_actors::Call;
 pub use dspex_actors::{Health, SystemHealth, SystemStatus};
 pub use error::{Error, Result};
 pub use program::{
@@ -23,4 +24,4 @@ pub use program::{
     StateFile, TokenUsage, Usage,
 };
 pub use signature::Signature;
-pub use system::{Call, System};
+pub use system::System;

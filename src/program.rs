@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::signature::{Signature, ValidationError};
-use crate::system::{Call, System};
+use crate::system::System;
+use dspex_actors::Call;
 pub use evaluate::{evaluate_score, EvalReport, EvalSummary, RowOutcome};
 pub use optimize::{Example, OptimizeReport, OptimizeRequest, Optimizer};
 pub use usage::{TokenUsage, Usage};

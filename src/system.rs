@@ -11,9 +11,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use dspex_actors::session::{self, SessionInfo, SessionMetrics};
 use dspex_actors::{
-    ActorError, AwaitReady, CrashTarget, EventSender, Execute, GetStatus, InjectCrash,
-    ProcessLauncher, RequestTimeout, RunHealthCheck, ShutdownSystem, Supervisor, SystemHealth,
-    SystemStatus, ToRegistry, WorkerLauncher,
+    ActorError, AwaitReady, Call, CrashTarget, Execute, GetStatus, InjectCrash, ProcessLauncher,
+    RunHealthCheck, ShutdownSystem, Supervisor, SystemHealth, SystemStatus, ToRegistry,
+    WorkerLauncher,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -85,86 +85,6 @@ impl ProgramCache {
 
     pub(crate) fn forget_session(&self, session: &str) {
         self.lock().retain(|(s, _), _| s != session);
-    }
-}
-
-/// A request for [`System::execute`].
-///
-/// # Examples
-///
-/// ```
-/// use dspex::Call;
-/// use std::time::Duration;
-/// let call = Call::new("execute_program", serde_json::json!({}))
-///     .session("s1")
-///     .batch()
-///     .limited()
-///     .timeout(Duration::from_secs(5));
-/// assert!(call.batch && call.limited);
-/// ```
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub command: String,
-    pub args: Value,
-    pub session_id: Option<String>,
-    /// How long the worker may take; `pool.request_timeout` by default.
-    pub timeout: RequestTimeout,
-    /// Wait for capacity without `pool.checkout_timeout` or `pool.max_queue` (the caller
-    /// bounds how many requests it has outstanding, as `dspex run` does).
-    pub batch: bool,
-    /// Counts against the pool-wide LM rate control (`lm.max_in_flight`, 429 back-off,
-    /// `lm.requests_per_minute`).
-    pub limited: bool,
-    /// Receives the events the worker reports while the request runs (e.g. progress).
-    pub events: Option<EventSender>,
-}
-
-impl Call {
-    pub fn new(command: impl Into<String>, args: Value) -> Self {
-        Call {
-            command: command.into(),
-            args,
-            session_id: None,
-            timeout: RequestTimeout::Default,
-            batch: false,
-            limited: false,
-            events: None,
-        }
-    }
-
-    pub fn session(mut self, session_id: impl Into<String>) -> Self {
-        self.session_id = Some(session_id.into());
-        self
-    }
-
-    /// Overrides `pool.request_timeout` for this request.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = RequestTimeout::After(timeout);
-        self
-    }
-
-    /// No time limit for this request (an optimizer run, say).
-    pub fn no_timeout(mut self) -> Self {
-        self.timeout = RequestTimeout::Never;
-        self
-    }
-
-    /// See [`Call::batch`](struct.Call.html#structfield.batch).
-    pub fn batch(mut self) -> Self {
-        self.batch = true;
-        self
-    }
-
-    /// See [`Call::limited`](struct.Call.html#structfield.limited).
-    pub fn limited(mut self) -> Self {
-        self.limited = true;
-        self
-    }
-
-    /// Send the worker's events for this request to `events`.
-    pub fn events(mut self, events: EventSender) -> Self {
-        self.events = Some(events);
-        self
     }
 }
 
@@ -407,16 +327,7 @@ impl System {
     /// Run a request described by a [`Call`].
     pub async fn execute(&self, call: Call) -> Result<Value> {
         let (reply, answer) = oneshot::channel();
-        self.inner.supervisor.do_send(Execute {
-            command: call.command,
-            args: call.args,
-            session_id: call.session_id,
-            timeout: call.timeout,
-            batch: call.batch,
-            limited: call.limited,
-            events: call.events,
-            reply,
-        });
+        self.inner.supervisor.do_send(Execute::new(call, reply));
         match answer.await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(self.gone().await),

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use dspex_actors::session::{Metrics, Touch, Track};
 use dspex_actors::testing::InMemoryLauncher;
 use dspex_actors::ActorsConfig;
-use dspex_actors::{AwaitReady, Execute, GetStatus, Supervisor, ToRegistry, WorkerFaults};
+use dspex_actors::{AwaitReady, Call, Execute, GetStatus, Supervisor, ToRegistry, WorkerFaults};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -79,7 +79,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..n {
             let (reply, rx) = oneshot::channel();
-            sup.do_send(Execute::new("echo", json!({}), reply));
+            sup.do_send(Execute::new(Call::new("echo", json!({})), reply));
             rx.await.unwrap().unwrap();
         }
         per_op(

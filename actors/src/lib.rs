@@ -36,8 +36,8 @@ pub use launcher::{
 };
 pub use pool::{LatencySummary, PoolStatus, PoolTotals, RateStatus};
 pub use supervisor::{
-    AwaitReady, CrashTarget, EventSender, Execute, GetStatus, InjectCrash, Reply, RequestTimeout,
-    RestartCounts, RunHealthCheck, ShutdownSystem, Supervisor, SystemHealth, SystemStatus,
-    ToRegistry,
+    AwaitReady, Call, CrashTarget, EventSender, Execute, GetStatus, InjectCrash, Reply,
+    RequestTimeout, RestartCounts, RunHealthCheck, ShutdownSystem, Supervisor, SystemHealth,
+    SystemStatus, ToRegistry,
 };
 pub use worker::{Health, WorkerSnapshot, WorkerStats};

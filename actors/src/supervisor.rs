@@ -102,7 +102,7 @@ pub enum RequestTimeout {
     Never,
 }
 
-/// Run a command on some worker. The answer arrives on `reply`.
+/// A request to run a command on some worker: what [`Execute`] carries besides its reply.
 ///
 /// `session_id` keeps that session alive (touching it, without waiting for the registry)
 /// and prefers the worker that served it last. An interactive request (the default) waits
@@ -114,30 +114,37 @@ pub enum RequestTimeout {
 /// # Examples
 ///
 /// ```
-/// use dspex_actors::{Execute, RequestTimeout};
-/// let (reply, _answer) = tokio::sync::oneshot::channel();
-/// let msg = Execute::new("echo", serde_json::json!({"x": 1}), reply).batch().limited();
-/// assert!(msg.batch && msg.limited);
-/// assert_eq!(msg.timeout, RequestTimeout::Default);
+/// use dspex_actors::{Call, RequestTimeout};
+/// use std::time::Duration;
+/// let call = Call::new("execute_program", serde_json::json!({}))
+///     .session("s1")
+///     .batch()
+///     .limited()
+///     .timeout(Duration::from_secs(5));
+/// assert!(call.batch && call.limited);
+/// assert_eq!(call.timeout, RequestTimeout::After(Duration::from_secs(5)));
 /// ```
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Execute {
+#[derive(Debug, Clone)]
+pub struct Call {
     pub command: String,
     pub args: Value,
     pub session_id: Option<String>,
+    /// How long the worker may take; `pool.request_timeout` by default.
     pub timeout: RequestTimeout,
+    /// Wait for capacity without `pool.checkout_timeout` or `pool.max_queue` (the caller
+    /// bounds how many requests it has outstanding, as `dspex run` does).
     pub batch: bool,
+    /// Counts against the pool-wide LM rate control (`lm.max_in_flight`, 429 back-off,
+    /// `lm.requests_per_minute`).
     pub limited: bool,
-    /// Receives the events the worker reports while this request runs.
+    /// Receives the events the worker reports while the request runs (e.g. progress).
     pub events: Option<EventSender>,
-    pub reply: Reply,
 }
 
-impl Execute {
+impl Call {
     /// An interactive, unlimited request without a session.
-    pub fn new(command: impl Into<String>, args: Value, reply: Reply) -> Self {
-        Execute {
+    pub fn new(command: impl Into<String>, args: Value) -> Self {
+        Call {
             command: command.into(),
             args,
             session_id: None,
@@ -145,7 +152,6 @@ impl Execute {
             batch: false,
             limited: false,
             events: None,
-            reply,
         }
     }
 
@@ -154,24 +160,57 @@ impl Execute {
         self
     }
 
-    pub fn timeout(mut self, timeout: RequestTimeout) -> Self {
-        self.timeout = timeout;
+    /// Overrides `pool.request_timeout` for this request.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = RequestTimeout::After(timeout);
         self
     }
 
+    /// No time limit for this request (an optimizer run, say).
+    pub fn no_timeout(mut self) -> Self {
+        self.timeout = RequestTimeout::Never;
+        self
+    }
+
+    /// See [`Call::batch`](struct.Call.html#structfield.batch).
     pub fn batch(mut self) -> Self {
         self.batch = true;
         self
     }
 
+    /// See [`Call::limited`](struct.Call.html#structfield.limited).
     pub fn limited(mut self) -> Self {
         self.limited = true;
         self
     }
 
+    /// Send the worker's events for this request to `events`.
     pub fn events(mut self, events: EventSender) -> Self {
         self.events = Some(events);
         self
+    }
+}
+
+/// Run `call` on some worker. The answer arrives on `reply`.
+///
+/// # Examples
+///
+/// ```
+/// use dspex_actors::{Call, Execute};
+/// let (reply, _answer) = tokio::sync::oneshot::channel();
+/// let msg = Execute::new(Call::new("echo", serde_json::json!({"x": 1})).batch(), reply);
+/// assert!(msg.call.batch);
+/// ```
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Execute {
+    pub call: Call,
+    pub reply: Reply,
+}
+
+impl Execute {
+    pub fn new(call: Call, reply: Reply) -> Self {
+        Execute { call, reply }
     }
 }
 
@@ -423,17 +462,17 @@ impl Handler<SessionsEnded> for Supervisor {
 impl Handler<Execute> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: Execute, ctx: &mut Self::Context) {
+    fn handle(&mut self, Execute { call, reply }: Execute, ctx: &mut Self::Context) {
         if let Some(error) = self.refuse() {
-            let _ = msg.reply.send(Err(error));
+            let _ = reply.send(Err(error));
             return;
         }
-        let timeout = match msg.timeout {
+        let timeout = match call.timeout {
             RequestTimeout::Default => Some(self.config.pool.request_timeout),
             RequestTimeout::After(d) => Some(d),
             RequestTimeout::Never => None,
         };
-        if let Some(session_id) = &msg.session_id {
+        if let Some(session_id) = &call.session_id {
             // Keep the session alive without waiting: sessions are tracked when they open,
             // so a request need not wait for the registry before it runs.
             let touch = session::Touch {
@@ -443,19 +482,19 @@ impl Handler<Execute> for Supervisor {
             self.with_registry(move |registry| registry.do_send(touch));
         }
         let job = Job {
-            command: msg.command,
-            args: msg.args,
-            session_id: msg.session_id,
+            command: call.command,
+            args: call.args,
+            session_id: call.session_id,
             timeout,
-            batch: msg.batch,
-            limited: msg.limited,
+            batch: call.batch,
+            limited: call.limited,
             attempt: 0,
             throttles: 0,
             counted_throttles: 0,
             ticket: None,
             submitted: Instant::now(),
-            events: msg.events,
-            reply: Some(msg.reply),
+            events: call.events,
+            reply: Some(reply),
             rescue: Some(ctx.address().recipient()),
             rescues: 0,
         };

@@ -22,7 +22,11 @@ async fn one_worker_runs_as_many_requests_at_once_as_it_has_slots_and_no_more() 
     c.pool.worker_concurrency = 4;
     let sup = start(c, &launcher).await;
     let answers: Vec<_> = (0..10)
-        .map(|i| send(&sup, |r| Execute::new("slow", json!({"i": i}), r).batch()))
+        .map(|i| {
+            send(&sup, |r| {
+                Execute::new(Call::new("slow", json!({"i": i})).batch(), r)
+            })
+        })
         .collect();
     wait_until("four requests run at once", || async {
         pool_status(&sup).await.in_flight == 4
@@ -53,7 +57,11 @@ async fn requests_spread_over_workers_by_load() {
     c.pool.worker_concurrency = 2;
     let sup = start(c, &launcher).await;
     let answers: Vec<_> = (0..6)
-        .map(|i| send(&sup, |r| Execute::new("slow", json!({"i": i}), r).batch()))
+        .map(|i| {
+            send(&sup, |r| {
+                Execute::new(Call::new("slow", json!({"i": i})).batch(), r)
+            })
+        })
         .collect();
     let mut per_worker = std::collections::BTreeMap::<String, usize>::new();
     for answer in answers {
@@ -79,7 +87,7 @@ async fn strict_affinity_waits_for_a_slot_on_its_worker() {
     let answers: Vec<_> = (0..4)
         .map(|i| {
             send(&sup, |r| {
-                Execute::new("slow", json!({"i": i}), r).session("s")
+                Execute::new(Call::new("slow", json!({"i": i})).session("s"), r)
             })
         })
         .collect();

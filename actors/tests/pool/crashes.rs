@@ -30,7 +30,11 @@ async fn every_request_a_dead_worker_held_is_retried_with_its_own_args() {
         .collect();
     let answers: Vec<_> = sent
         .iter()
-        .map(|args| send(&sup, |r| Execute::new("work", args.clone(), r).batch()))
+        .map(|args| {
+            send(&sup, |r| {
+                Execute::new(Call::new("work", args.clone()).batch(), r)
+            })
+        })
         .collect();
     for (args, answer) in sent.iter().zip(answers) {
         let v = answer.await.unwrap().unwrap();
@@ -142,9 +146,7 @@ async fn a_frozen_worker_fails_its_health_ping_and_its_requests_run_elsewhere() 
     let sup = start(c, &launcher).await;
     exec(&sup, "echo", json!({}), Some("pin")).await.unwrap();
     let answer = send(&sup, |r| {
-        Execute::new("work", json!({"n": 7}), r)
-            .session("pin")
-            .batch()
+        Execute::new(Call::new("work", json!({"n": 7})).session("pin").batch(), r)
     });
     let v = tokio::time::timeout(PATIENCE, answer)
         .await

@@ -8,8 +8,8 @@ use actix::prelude::*;
 pub use dspex_actors::protocol::Request;
 pub use dspex_actors::testing::{default_action, FakeAction, InMemoryLauncher};
 pub use dspex_actors::{
-    ActorError, ActorsConfig, Affinity, AwaitReady, Disposition, Execute, GetStatus, PoolStatus,
-    RequestTimeout, Supervisor, SystemHealth, TimeoutStage, WorkerFaults,
+    ActorError, ActorsConfig, Affinity, AwaitReady, Call, Disposition, Execute, GetStatus,
+    PoolStatus, Supervisor, SystemHealth, TimeoutStage, WorkerFaults,
 };
 pub use serde_json::{json, Value};
 pub use tokio::sync::oneshot;
@@ -69,11 +69,14 @@ pub async fn exec(
     session: Option<&str>,
 ) -> Result<Value, ActorError> {
     let rx = send(sup, |reply| {
-        let msg = Execute::new(command, args, reply);
-        match session {
-            Some(s) => msg.session(s),
-            None => msg,
-        }
+        let call = Call::new(command, args);
+        Execute::new(
+            match session {
+                Some(s) => call.session(s),
+                None => call,
+            },
+            reply,
+        )
     });
     tokio::time::timeout(PATIENCE, rx)
         .await

@@ -65,7 +65,7 @@ async fn refusals_above_the_far_ends_limit_lower_concurrency_and_no_request_fail
     let answers: Vec<_> = (0..100)
         .map(|i| {
             send(&sup, |r| {
-                Execute::new("lm", json!({"i": i}), r).batch().limited()
+                Execute::new(Call::new("lm", json!({"i": i})).batch().limited(), r)
             })
         })
         .collect();
@@ -102,10 +102,12 @@ async fn a_request_refused_at_the_lowest_concurrency_fails_after_num_retries() {
     c.rate.max_in_flight = 1;
     c.rate.num_retries = 2;
     let sup = start_with(c, &launcher, classify).await;
-    let err = send(&sup, |r| Execute::new("lm", json!({}), r).batch().limited())
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = send(&sup, |r| {
+        Execute::new(Call::new("lm", json!({})).batch().limited(), r)
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(
         matches!(&err, ActorError::Python { error_type, .. } if error_type == "RateLimited"),
         "{err:?}"
@@ -137,10 +139,12 @@ async fn retry_after_pauses_limited_dispatch_and_the_retry_succeeds() {
             _ => default_action(worker_id, req),
         });
     let sup = start_with(config(1), &launcher, classify).await;
-    let v = send(&sup, |r| Execute::new("lm", json!({}), r).batch().limited())
-        .await
-        .unwrap()
-        .unwrap();
+    let v = send(&sup, |r| {
+        Execute::new(Call::new("lm", json!({})).batch().limited(), r)
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(v, json!("ok"));
     let arrivals = arrivals.lock().unwrap();
     assert_eq!(arrivals.len(), 2);
@@ -161,8 +165,12 @@ async fn unlimited_requests_pass_a_closed_rate_limit() {
     c.pool.worker_concurrency = 4;
     c.rate.max_in_flight = 1;
     let sup = start_with(c, &launcher, classify).await;
-    let slow = send(&sup, |r| Execute::new("lm", json!({}), r).batch().limited());
-    let blocked = send(&sup, |r| Execute::new("lm", json!({}), r).batch().limited());
+    let slow = send(&sup, |r| {
+        Execute::new(Call::new("lm", json!({})).batch().limited(), r)
+    });
+    let blocked = send(&sup, |r| {
+        Execute::new(Call::new("lm", json!({})).batch().limited(), r)
+    });
     wait_until("one limited request runs", || async {
         pool_status(&sup).await.rate.in_flight == 1
     })
@@ -196,7 +204,11 @@ async fn requests_per_minute_spaces_limited_requests_after_the_burst() {
     c.rate.requests_per_minute = 60;
     let sup = start_with(c, &launcher, classify).await;
     let answers: Vec<_> = (0..12)
-        .map(|_| send(&sup, |r| Execute::new("lm", json!({}), r).batch().limited()))
+        .map(|_| {
+            send(&sup, |r| {
+                Execute::new(Call::new("lm", json!({})).batch().limited(), r)
+            })
+        })
         .collect();
     for answer in answers {
         answer.await.unwrap().unwrap();

@@ -58,12 +58,12 @@ async fn full_queue_answers_pool_busy_and_waiting_past_checkout_timeout_times_ou
     c.pool.max_queue = 1;
     c.pool.checkout_timeout = Duration::from_millis(200);
     let sup = start(c, &launcher).await;
-    let running = send(&sup, |r| Execute::new("slow", json!({}), r));
+    let running = send(&sup, |r| Execute::new(Call::new("slow", json!({})), r));
     wait_until("the slow request runs", || async {
         pool_status(&sup).await.in_flight == 1
     })
     .await;
-    let queued = send(&sup, |r| Execute::new("echo", json!({}), r));
+    let queued = send(&sup, |r| Execute::new(Call::new("echo", json!({})), r));
     wait_until("one request waits", || async {
         pool_status(&sup).await.queue_depth == 1
     })
@@ -95,7 +95,11 @@ async fn batch_requests_wait_past_checkout_timeout_and_beyond_max_queue() {
     c.pool.checkout_timeout = Duration::from_millis(100);
     let sup = start(c, &launcher).await;
     let answers: Vec<_> = (0..3)
-        .map(|_| send(&sup, |r| Execute::new("slow", json!({}), r).batch()))
+        .map(|_| {
+            send(&sup, |r| {
+                Execute::new(Call::new("slow", json!({})).batch(), r)
+            })
+        })
         .collect();
     for answer in answers {
         assert_eq!(answer.await.unwrap().unwrap(), json!("done"));
@@ -181,7 +185,9 @@ async fn events_a_worker_reports_reach_the_caller_before_the_answer() {
     });
     let sup = start(config(1), &launcher).await;
     let (events, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let answer = send(&sup, |r| Execute::new("work", json!({}), r).events(events));
+    let answer = send(&sup, |r| {
+        Execute::new(Call::new("work", json!({})).events(events), r)
+    });
     assert_eq!(answer.await.unwrap().unwrap(), json!("done"));
     let mut got = Vec::new();
     while let Ok(event) = seen.try_recv() {

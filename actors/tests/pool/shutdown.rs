@@ -17,7 +17,7 @@ async fn graceful_shutdown_lets_running_and_queued_requests_finish() {
     });
     let sup = start(config(1), &launcher).await;
     let calls: Vec<_> = (0..3)
-        .map(|_| send(&sup, |r| Execute::new("slow", json!({}), r)))
+        .map(|_| send(&sup, |r| Execute::new(Call::new("slow", json!({})), r)))
         .collect();
     wait_until("two requests wait", || async {
         pool_status(&sup).await.queue_depth == 2
@@ -49,7 +49,10 @@ async fn shutdown_does_not_wait_for_stuck_requests() {
     c.shutdown.graceful_timeout = Duration::from_secs(30);
     let sup = start(c, &launcher).await;
     let err = send(&sup, |r| {
-        Execute::new("hang", json!({}), r).timeout(RequestTimeout::After(Duration::from_millis(50)))
+        Execute::new(
+            Call::new("hang", json!({})).timeout(Duration::from_millis(50)),
+            r,
+        )
     })
     .await
     .unwrap()
@@ -81,7 +84,7 @@ async fn shutdown_while_workers_are_still_starting_stops_them_and_never_serves()
         WorkerFaults,
     )
     .start();
-    let answer = send(&sup, |r| Execute::new("echo", json!({}), r));
+    let answer = send(&sup, |r| Execute::new(Call::new("echo", json!({})), r));
     sup.send(ShutdownSystem {
         graceful: Duration::from_millis(100),
     })

@@ -41,7 +41,11 @@ async fn a_restarted_pool_manager_answers_the_requests_in_flight_across_the_rest
     c.pool.worker_concurrency = 2;
     let sup = start(c, &launcher).await;
     let answers: Vec<_> = (0..4)
-        .map(|i| send(&sup, |r| Execute::new("slow", json!({"i": i}), r).batch()))
+        .map(|i| {
+            send(&sup, |r| {
+                Execute::new(Call::new("slow", json!({"i": i})).batch(), r)
+            })
+        })
         .collect();
     wait_until("two run and two wait", || async {
         let s = pool_status(&sup).await;
@@ -188,7 +192,7 @@ async fn a_busy_worker_is_pinged_too_and_a_sequential_one_is_not() {
         let mut c = config(1);
         c.worker.ping_when_busy = ping_when_busy;
         let sup = start(c, &launcher).await;
-        let slow = send(&sup, |r| Execute::new("slow", json!({}), r));
+        let slow = send(&sup, |r| Execute::new(Call::new("slow", json!({})), r));
         wait_until("the worker is busy", || async {
             pool_status(&sup).await.in_flight == 1
         })

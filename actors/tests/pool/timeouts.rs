@@ -18,7 +18,7 @@ fn with_timeout(
     command: &str,
     timeout: Duration,
 ) -> impl FnOnce(oneshot::Sender<Result<Value, ActorError>>) -> Execute + '_ {
-    move |r| Execute::new(command, json!({}), r).timeout(RequestTimeout::After(timeout))
+    move |r| Execute::new(Call::new(command, json!({})).timeout(timeout), r)
 }
 
 fn is_request_timeout(err: &ActorError) -> bool {
