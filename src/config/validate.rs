@@ -28,9 +28,10 @@ pub(super) const WORKERS_PER_CORE_WARNING: usize = 4;
 /// with the bridge starts in less address space, so every worker would fail to start.
 pub(super) const MIN_WORKER_MEMORY: u64 = 64 << 20;
 
-/// The virtual size measured for a DSPy worker with 8 requests in flight (660 MiB, see
-/// `config/dspex.toml`), rounded up: a limit below it gets a warning.
-const TYPICAL_WORKER_VSZ: u64 = 700 << 20;
+/// The virtual size measured for a DSPy worker on LiteLLM with 8 requests in flight and
+/// the limit's malloc arena cap (475 MiB, see `config/dspex.toml`), rounded up: a limit
+/// below it gets a warning.
+const TYPICAL_WORKER_VSZ: u64 = 512 << 20;
 
 /// `extra` keys that have settings of their own in `[lm]`; the bridge refuses them too.
 const LM_NAMED_KWARGS: &[(&str, &str)] = &[
@@ -94,7 +95,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     if let Some(limit) = worker_memory_limit.filter(|l| *l < TYPICAL_WORKER_VSZ) {
         log::warn!(
             "pool.worker_memory_limit = {} MiB is below the {} MiB of address space a DSPy \
-             worker maps with worker_concurrency = 8; workers may fail with MemoryError \
+             worker on LiteLLM maps with worker_concurrency = 8; workers may fail with MemoryError \
              (see the comment on the key in config/dspex.toml)",
             limit >> 20,
             TYPICAL_WORKER_VSZ >> 20
