@@ -31,6 +31,12 @@ pub fn generic_config(size: usize) -> Config {
     config
 }
 
+/// The ids of the system's active sessions.
+pub async fn session_ids(system: &System) -> Vec<String> {
+    let sessions = system.sessions().await.expect("sessions are listed");
+    sessions.into_iter().map(|s| s.id).collect()
+}
+
 /// Start an isolated system of `size` generic workers and wait until all are ready.
 pub async fn start_generic(size: usize) -> System {
     start_generic_with(generic_config(size)).await

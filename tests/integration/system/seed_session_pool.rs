@@ -12,13 +12,7 @@ async fn session_pool_session_management_tracks_new_sessions() {
     let system = start_generic(1).await;
     let info = system.track_session("user-1").await.unwrap();
     assert_eq!(info.id, "user-1");
-    let ids: Vec<_> = system
-        .sessions()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = session_ids(&system).await;
     assert_eq!(ids, ["user-1"]);
     system.shutdown(Duration::from_secs(5)).await.unwrap();
 }
@@ -130,13 +124,7 @@ async fn session_pool_stale_session_cleanup_cleans_up_stale_sessions() {
     system.track_session("fresh").await.unwrap();
     let removed = system.sweep_sessions().await.unwrap();
     assert_eq!(removed, ["old"]);
-    let ids: Vec<_> = system
-        .sessions()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = session_ids(&system).await;
     assert_eq!(ids, ["fresh"]);
     assert_eq!(system.session_metrics().await.unwrap().stale_cleaned, 1);
     system.shutdown(Duration::from_secs(5)).await.unwrap();

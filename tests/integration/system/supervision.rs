@@ -48,13 +48,7 @@ async fn panic_in_session_registry_restarts_it_with_every_session_and_state() {
         .await
         .unwrap();
     system.inject_crash(CrashTarget::Registry);
-    let ids: Vec<_> = system
-        .sessions()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let ids = session_ids(&system).await;
     assert_eq!(ids, ["a", "b", "c"]);
     assert_eq!(system.session_state("b").await.unwrap()["note"], "kept");
     assert_eq!(system.status().await.unwrap().restarts.registry, 1);
