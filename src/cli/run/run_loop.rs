@@ -31,7 +31,7 @@ use super::Signals;
 use crate::cli::source::{RowOutput, Runner};
 use crate::cli::{CliError, Outcome, Signal};
 
-type RowFuture = Pin<Box<dyn Future<Output = (u64, dspex::Result<RowOutput>)> + Send>>;
+type RowFuture<'a> = Pin<Box<dyn Future<Output = (u64, dspex::Result<RowOutput>)> + Send + 'a>>;
 
 /// How many rows the loop keeps outstanding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ pub struct RunLoop<'a> {
     max_line_bytes: u64,
     window: Window,
     grace: Duration,
-    in_flight: FuturesUnordered<RowFuture>,
+    in_flight: FuturesUnordered<RowFuture<'a>>,
     sent: HashMap<u64, Sent>,
     reorder: Reorder<Finished>,
     writer: Writer,
@@ -266,7 +266,7 @@ impl<'a> RunLoop<'a> {
                         end_offset,
                     },
                 );
-                let runner = self.runner.clone();
+                let runner = self.runner;
                 self.in_flight.push(Box::pin(
                     async move { (index, runner.run(row.input).await) },
                 ));
