@@ -93,7 +93,7 @@ pub async fn eval(args: EvalArgs) -> Result<Outcome, CliError> {
     let source = program_source(&args.source, "eval")?;
     check_function("metric", &args.metric)?;
     let config = args.config.load(&args.workers.overrides())?;
-    let devset = dataset::read(&args.devset, "devset", config.run.max_line_bytes)?;
+    let devset = dataset::read(&args.devset, "devset", config.run.max_line_bytes).await?;
     // As `run` checks its output: never the devset itself, writable before Python starts.
     let devset_file = std::fs::metadata(&args.devset).map_err(|source| CliError::Io {
         action: "read",

@@ -161,9 +161,9 @@ pub async fn optimize(args: OptimizeArgs) -> Result<Outcome, CliError> {
         ));
     }
     let config = args.config.load(&args.overrides())?;
-    let trainset = dataset::read(&args.trainset, "trainset", config.run.max_line_bytes)?;
+    let trainset = dataset::read(&args.trainset, "trainset", config.run.max_line_bytes).await?;
     let valset = match &args.valset {
-        Some(path) => Some(dataset::read(path, "valset", config.run.max_line_bytes)?),
+        Some(path) => Some(dataset::read(path, "valset", config.run.max_line_bytes).await?),
         None => None,
     };
 

@@ -17,7 +17,7 @@ pub(super) mod output;
 mod progress;
 mod reorder;
 pub mod resume;
-mod rows;
+pub(super) mod rows;
 mod run_loop;
 pub mod sidecar;
 
