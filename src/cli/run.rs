@@ -34,6 +34,7 @@ use self::progress::RunProgress;
 use self::resume::Previous;
 pub use self::rows::RowError;
 use self::run_loop::RunLoop;
+pub(super) use self::run_loop::Window;
 use self::sidecar::{InputRecord, Shard, Sidecar};
 use super::source::{Runner, SourceArgs, SourcePlan};
 use super::{note, CliError, ConfigArgs, Outcome, Signal, WorkerArgs};
