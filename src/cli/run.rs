@@ -167,10 +167,7 @@ fn plan(args: RunArgs) -> Result<Plan, CliError> {
 /// runner exists).
 fn digest_before_start(source: &SourcePlan) -> Option<String> {
     match source {
-        SourcePlan::Program(spec) => spec
-            .resolve(super::source::PROGRAM)
-            .ok()
-            .map(|def| def.digest().to_owned()),
+        SourcePlan::Program(def) => Some(def.digest().to_owned()),
         SourcePlan::Command(_) => None,
     }
 }
