@@ -982,13 +982,15 @@ impl Program {
         }
     }
 
+    /// The per-row request. Built field by field: `json!` would copy the row's inputs
+    /// (and the definition) through the serialiser instead of moving them in.
     fn request_args(&self, inputs: Inputs) -> Value {
-        json!({
-            "program_id": self.def.id,
-            "definition": self.def.to_wire(),
-            "digest": self.def.digest(),
-            "inputs": Value::Object(inputs.0),
-        })
+        let mut args = Map::with_capacity(4);
+        args.insert("program_id".into(), Value::String(self.def.id.clone()));
+        args.insert("definition".into(), self.def.wire.clone());
+        args.insert("digest".into(), Value::String(self.def.digest.clone()));
+        args.insert("inputs".into(), Value::Object(inputs.0));
+        Value::Object(args)
     }
 
     /// Run the program on validated inputs.
@@ -1007,7 +1009,7 @@ impl Program {
             args["lm"] = lm;
         }
         let result = self.run("execute_program", args).await?;
-        self.prediction(&result)
+        self.prediction(result)
     }
 
     async fn run(&self, command: &str, args: Value) -> Result<Value> {
@@ -1020,8 +1022,8 @@ impl Program {
         Ok(result)
     }
 
-    fn prediction(&self, result: &Value) -> Result<Prediction> {
-        let outputs = result.get("outputs").cloned().unwrap_or(Value::Null);
+    fn prediction(&self, mut result: Value) -> Result<Prediction> {
+        let outputs = result.get_mut("outputs").map_or(Value::Null, Value::take);
         let usage = Usage::from_wire(result.get("usage"));
         self.session.system.record_usage(&usage);
         let decoded = match self.def.signature().filter(|s| !s.outputs.is_empty()) {
@@ -1089,7 +1091,7 @@ impl Program {
             Error::Protocol(format!("`evaluate` answered without a score: {result}"))
         })?;
         Ok(Scored {
-            prediction: self.prediction(&result)?,
+            prediction: self.prediction(result)?,
             score,
         })
     }

@@ -7,11 +7,13 @@
 //! of eating memory. Blank lines are skipped, as `run` skips them.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use serde_json::{Map, Value};
+use tokio::io::BufReader;
 
+use super::run::input::{Content, Lines};
+use super::run::rows::object_of;
 use super::run::RowError;
 use super::CliError;
 
@@ -26,14 +28,14 @@ pub struct Line {
     pub row: Result<Map<String, Value>, RowError>,
 }
 
-/// Reads `path` (`what` names it in messages: "devset", "trainset").
+/// Reads `path` (`what` names it in messages: "devset", "trainset"), line by line as
+/// `run` reads its input.
 ///
 /// # Errors
 ///
 /// A usage error (exit 2) when the file cannot be read, has no rows, or has a line longer
 /// than `max_line` bytes (`run.max_line_bytes`).
-pub fn read(path: &Path, what: &str, max_line: u64) -> Result<Vec<Line>, CliError> {
-    let max_line = usize::try_from(max_line).unwrap_or(usize::MAX);
+pub async fn read(path: &Path, what: &str, max_line: u64) -> Result<Vec<Line>, CliError> {
     let io_error = |source| CliError::Io {
         action: "read",
         path: path.to_owned(),
@@ -45,30 +47,30 @@ pub fn read(path: &Path, what: &str, max_line: u64) -> Result<Vec<Line>, CliErro
             path.display()
         )));
     }
-    let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
+    let file = tokio::fs::File::from_std(File::open(path).map_err(io_error)?);
+    let mut reader = Lines::new(BufReader::new(file), max_line);
     let mut lines = Vec::new();
-    let mut number = 0;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        number += 1;
-        let read = Read::by_ref(&mut reader)
-            .take(max_line as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(io_error)?;
-        if read == 0 {
-            break;
-        }
-        if buf.len() > max_line && buf.last() != Some(&b'\n') {
-            return Err(CliError::Usage(format!(
-                "--{what} `{}`: line {number} is longer than {max_line} bytes (run.max_line_bytes); is it a JSONL file?",
-                path.display(),
-            )));
-        }
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        lines.push(parse(&buf, number));
+    while let Some(line) = reader.next_line().await.map_err(io_error)? {
+        let bytes = match line.content {
+            Content::Text(bytes) => bytes,
+            Content::TooLong => {
+                return Err(CliError::Usage(format!(
+                    "--{what} `{}`: line {} is longer than {max_line} bytes (run.max_line_bytes); is it a JSONL file?",
+                    path.display(),
+                    line.number,
+                )))
+            }
+        };
+        let row = object_of(&bytes, line.number);
+        let id = match &row {
+            Ok(row) => row.get("id").cloned().unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        lines.push(Line {
+            number: line.number,
+            id,
+            row,
+        });
     }
     if lines.is_empty() {
         return Err(CliError::Usage(format!(
@@ -79,40 +81,12 @@ pub fn read(path: &Path, what: &str, max_line: u64) -> Result<Vec<Line>, CliErro
     Ok(lines)
 }
 
-fn parse(bytes: &[u8], number: u64) -> Line {
-    let failed = |message: String| Line {
-        number,
-        id: Value::Null,
-        row: Err(RowError::new("input", format!("line {number}: {message}"))),
-    };
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(row)) => Line {
-            number,
-            id: row.get("id").cloned().unwrap_or(Value::Null),
-            row: Ok(row),
-        },
-        Ok(other) => failed(format!(
-            "expected a JSON object, got {}",
-            match other {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            }
-        )),
-        Err(e) => failed(format!(
-            "not valid JSON ({e}); each line must be one JSON object"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn rows_keep_their_line_numbers_and_ids_and_blank_lines_are_skipped() {
+    #[tokio::test]
+    async fn rows_keep_their_line_numbers_and_ids_and_blank_lines_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dev.jsonl");
         std::fs::write(
@@ -120,7 +94,7 @@ mod tests {
             "{\"id\": 7, \"q\": \"a\"}\n\n  \n[1]\n{\"q\": \"b\"}",
         )
         .unwrap();
-        let lines = read(&path, "devset", 1 << 20).unwrap();
+        let lines = read(&path, "devset", 1 << 20).await.unwrap();
         assert_eq!(lines.len(), 3);
         assert_eq!((lines[0].number, &lines[0].id), (1, &Value::from(7)));
         assert_eq!(lines[1].number, 4);
@@ -134,19 +108,21 @@ mod tests {
         assert_eq!(lines[2].id, Value::Null);
     }
 
-    #[test]
-    fn a_missing_empty_or_directory_dataset_is_a_usage_error() {
+    #[tokio::test]
+    async fn a_missing_empty_or_directory_dataset_is_a_usage_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read(&dir.path().join("nope.jsonl"), "devset", 1 << 20).unwrap_err();
+        let e = read(&dir.path().join("nope.jsonl"), "devset", 1 << 20)
+            .await
+            .unwrap_err();
         assert!(e.to_string().starts_with("cannot read"), "{e}");
         let empty = dir.path().join("empty.jsonl");
         std::fs::write(&empty, "\n\n").unwrap();
-        let e = read(&empty, "trainset", 1 << 20).unwrap_err();
+        let e = read(&empty, "trainset", 1 << 20).await.unwrap_err();
         assert!(
             e.to_string().contains("--trainset") && e.to_string().contains("no rows"),
             "{e}"
         );
-        let e = read(dir.path(), "devset", 1 << 20).unwrap_err();
+        let e = read(dir.path(), "devset", 1 << 20).await.unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
     }
 }

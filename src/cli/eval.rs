@@ -9,7 +9,6 @@
 //! cannot load, a metric that is not callable) is found first and exits 2 with nothing
 //! written.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -23,9 +22,9 @@ use serde_json::Value;
 use super::dataset::{self, Line};
 use super::run::input::Identity;
 use super::run::output::Target;
-use super::run::RowError;
+use super::run::{RowError, Window};
 use super::source::{RowArgs, Runner, SourceArgs, SourcePlan};
-use super::{CliError, ConfigArgs, Outcome, WorkerArgs};
+use super::{note, CliError, ConfigArgs, Outcome, WorkerArgs};
 
 pub const HELP: &str = "\
 Examples:
@@ -93,7 +92,7 @@ pub async fn eval(args: EvalArgs) -> Result<Outcome, CliError> {
     let source = program_source(&args.source, "eval")?;
     check_function("metric", &args.metric)?;
     let config = args.config.load(&args.workers.overrides())?;
-    let devset = dataset::read(&args.devset, "devset", config.run.max_line_bytes)?;
+    let devset = dataset::read(&args.devset, "devset", config.run.max_line_bytes).await?;
     // As `run` checks its output: never the devset itself, writable before Python starts.
     let devset_file = std::fs::metadata(&args.devset).map_err(|source| CliError::Io {
         action: "read",
@@ -106,7 +105,7 @@ pub async fn eval(args: EvalArgs) -> Result<Outcome, CliError> {
     let result = async {
         let session = system.open_session(None).await?;
         let runner = source.prepare(&session, Some(&args.metric)).await?;
-        let window = config.pool.capacity() + config.pool.size;
+        let window = Window::for_pool(&config).in_flight;
         score(&runner, devset, &args.metric, target, window).await
     }
     .await;
@@ -156,16 +155,14 @@ impl Summary {
         let sum: f64 = self.scores.iter().map(|s| s.unwrap_or(0.0)).sum();
         let score = evaluate_score(&self.scores).unwrap_or(0.0);
         let usage = self.usage.total();
-        let mut stderr = std::io::stderr().lock();
-        let _ = writeln!(
-            stderr,
+        note(format_args!(
             "dspex eval: score {score} over {rows} rows (dspy.Evaluate: round(100 * sum / rows, 2), failed rows count 0); mean {:.4}; {} failed; {:.1} rows/s; {} LM calls, {} tokens",
             sum / rows.max(1) as f64,
             self.failed,
             self.rows_per_second,
             usage.calls,
             usage.total_tokens,
-        );
+        ));
     }
 }
 

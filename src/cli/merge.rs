@@ -12,12 +12,12 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::run::resume::{classify, LineKind};
+use super::run::resume::{LineKind, OutputLines};
 use super::run::sidecar::Sidecar;
 use super::{note, CliError, Outcome};
 
@@ -86,7 +86,7 @@ fn merge_files(output: &Path, shards: &[PathBuf]) -> Result<Outcome, CliError> {
         })?;
         readers.push(Shard {
             path: path.clone(),
-            reader: BufReader::new(file),
+            lines: OutputLines::new(BufReader::new(file)),
             last: None,
         });
     }
@@ -189,30 +189,25 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
 /// One shard's output being read.
 struct Shard {
     path: PathBuf,
-    reader: BufReader<File>,
+    lines: OutputLines<BufReader<File>>,
     /// The index of its line read last, to find a shard out of order.
     last: Option<u64>,
 }
 
 impl Shard {
-    /// The next result line: (index, kind, line); a torn last line ends the shard.
+    /// The next result line: (index, kind, line); lines that are not results are
+    /// skipped, and a torn last line ends the shard.
     fn next(&mut self) -> Result<Option<(u64, LineKind, String)>, CliError> {
-        let mut line = String::new();
         loop {
-            line.clear();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .map_err(|source| CliError::Io {
-                    action: "read shard",
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if n == 0 || !line.ends_with('\n') {
+            let read = self.lines.next().map_err(|source| CliError::Io {
+                action: "read shard",
+                path: self.path.clone(),
+                source,
+            })?;
+            let Some((text, seen)) = read else {
                 return Ok(None);
-            }
-            let text = line.trim_end_matches(['\n', '\r']);
-            let Some((index, kind)) = classify(text) else {
+            };
+            let Some((index, kind)) = seen else {
                 continue;
             };
             if self.last.is_some_and(|last| index <= last) {
@@ -324,7 +319,7 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         Shard {
-            reader: BufReader::new(File::open(&path).unwrap()),
+            lines: OutputLines::new(BufReader::new(File::open(&path).unwrap())),
             path,
             last: None,
         }

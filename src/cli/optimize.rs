@@ -8,7 +8,6 @@
 //! the optimizer starts: a row that does not fit stops the run (exit 2), since an
 //! optimizer that silently trained on fewer rows would be worse than no answer.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use serde_json::{Map, Value};
 use super::dataset::{self, Line};
 use super::eval::{check_function, program_source};
 use super::source::{RowArgs, Runner, SourceArgs};
-use super::{CliError, ConfigArgs, Outcome};
+use super::{note, print, CliError, ConfigArgs, Outcome, WorkerArgs};
 
 pub const HELP: &str = "\
 Examples:
@@ -78,15 +77,11 @@ pub struct OptimizeArgs {
 impl OptimizeArgs {
     /// One worker; the model if given.
     fn overrides(&self) -> Vec<(String, toml::Value)> {
-        let one = toml::Value::Integer(1);
-        let mut overrides = vec![
-            ("pool.size".to_owned(), one.clone()),
-            ("pool.startup_concurrency".to_owned(), one),
-        ];
-        if let Some(lm) = &self.lm {
-            overrides.push(("lm.model".to_owned(), toml::Value::from(lm.as_str())));
+        WorkerArgs {
+            workers: Some(1),
+            lm: self.lm.clone(),
         }
-        overrides
+        .overrides()
     }
 }
 
@@ -161,9 +156,9 @@ pub async fn optimize(args: OptimizeArgs) -> Result<Outcome, CliError> {
         ));
     }
     let config = args.config.load(&args.overrides())?;
-    let trainset = dataset::read(&args.trainset, "trainset", config.run.max_line_bytes)?;
+    let trainset = dataset::read(&args.trainset, "trainset", config.run.max_line_bytes).await?;
     let valset = match &args.valset {
-        Some(path) => Some(dataset::read(path, "valset", config.run.max_line_bytes)?),
+        Some(path) => Some(dataset::read(path, "valset", config.run.max_line_bytes).await?),
         None => None,
     };
 
@@ -190,14 +185,8 @@ pub async fn optimize(args: OptimizeArgs) -> Result<Outcome, CliError> {
     .await;
     let _ = system.shutdown(config.shutdown.graceful_timeout).await;
     let report = result?;
-    let mut stdout = std::io::stdout().lock();
-    let json = serde_json::to_string(&report).expect("the report serialises");
-    writeln!(stdout, "{json}").map_err(|source| CliError::Io {
-        action: "write the report to",
-        path: PathBuf::from("-"),
-        source,
-    })?;
-    note(&format!(
+    print(serde_json::to_string(&report).expect("the report serialises"))?;
+    note(format_args!(
         "dspex optimize: wrote {} ({} demos{}) in {:.1}s; run it with --state {}",
         report.state_path.display(),
         report.demos,
@@ -239,7 +228,7 @@ async fn run(runner: &Runner, mut request: OptimizeRequest) -> Result<OptimizeRe
         .expect("optimize prepares a program source");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     request.progress = Some(tx);
-    note(&format!(
+    note(format_args!(
         "dspex optimize: {} on {} training rows{}; progress follows",
         request.optimizer,
         request.trainset.len(),
@@ -269,14 +258,9 @@ fn progress(event: &Value) {
         .and_then(Value::as_str)
         .map_or_else(|| event.to_string(), str::to_owned);
     match event.get("stage").and_then(Value::as_str) {
-        Some(stage) => note(&format!("  [{stage}] {message}")),
-        None => note(&format!("  {message}")),
+        Some(stage) => note(format_args!("  [{stage}] {message}")),
+        None => note(format_args!("  {message}")),
     }
-}
-
-/// A line on stderr; a closed stderr is ignored (the state file is what matters).
-fn note(line: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[cfg(test)]

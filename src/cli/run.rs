@@ -17,7 +17,7 @@ pub(super) mod output;
 mod progress;
 mod reorder;
 pub mod resume;
-mod rows;
+pub(super) mod rows;
 mod run_loop;
 pub mod sidecar;
 
@@ -34,6 +34,7 @@ use self::progress::RunProgress;
 use self::resume::Previous;
 pub use self::rows::RowError;
 use self::run_loop::RunLoop;
+pub(super) use self::run_loop::Window;
 use self::sidecar::{InputRecord, Shard, Sidecar};
 use super::source::{Runner, SourceArgs, SourcePlan};
 use super::{note, CliError, ConfigArgs, Outcome, Signal, WorkerArgs};
@@ -166,10 +167,7 @@ fn plan(args: RunArgs) -> Result<Plan, CliError> {
 /// runner exists).
 fn digest_before_start(source: &SourcePlan) -> Option<String> {
     match source {
-        SourcePlan::Program(spec) => spec
-            .resolve(super::source::PROGRAM)
-            .ok()
-            .map(|def| def.digest().to_owned()),
+        SourcePlan::Program(def) => Some(def.digest().to_owned()),
         SourcePlan::Command(_) => None,
     }
 }

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use dspex::{Inputs, ModuleKind, Program, ProgramSpec, Session, Signature, Usage};
+use dspex::{Inputs, ModuleKind, Program, ProgramDef, ProgramSpec, Session, Signature, Usage};
 use serde_json::{json, Map, Value};
 
 use super::run::RowError;
@@ -47,10 +47,11 @@ pub struct SourceArgs {
     pub command: Option<String>,
 }
 
-/// A source whose flags checked out.
+/// A source whose flags checked out: a program's definition resolved once (its state
+/// file read and digested), or a command's name.
 #[derive(Debug, Clone)]
 pub enum SourcePlan {
-    Program(ProgramSpec),
+    Program(Box<ProgramDef>),
     Command(String),
 }
 
@@ -120,11 +121,11 @@ impl SourceArgs {
             spec = spec.with_state(state).with_allow_pickle(self.allow_pickle);
         }
         // Resolving reads and checks the state file now, before Python starts.
-        spec.resolve(PROGRAM).map_err(|e| match e {
+        let def = spec.resolve(PROGRAM).map_err(|e| match e {
             dspex::Error::Validation(v) => usage(format!("--{}: {}", flag_of(&v.field), v.message)),
             other => CliError::Dspex(other),
         })?;
-        Ok(SourcePlan::Program(spec))
+        Ok(SourcePlan::Program(Box::new(def)))
     }
 }
 
@@ -148,10 +149,10 @@ impl SourcePlan {
     pub fn describe(&self) -> String {
         match self {
             SourcePlan::Command(name) => format!("command `{name}`"),
-            SourcePlan::Program(spec) => match (&spec.factory, &spec.signature) {
+            SourcePlan::Program(def) => match (&def.spec.factory, def.signature()) {
                 (Some(factory), _) => format!("program `{factory}`"),
-                (None, Some(signature)) => format!("{} program `{signature}`", spec.module),
-                (None, None) => format!("{} program", spec.module),
+                (None, Some(signature)) => format!("{} program `{signature}`", def.module()),
+                (None, None) => format!("{} program", def.module()),
             },
         }
     }
@@ -173,9 +174,9 @@ impl SourcePlan {
                 session: session.clone(),
                 name: name.clone(),
             }),
-            SourcePlan::Program(spec) => {
+            SourcePlan::Program(def) => {
                 session
-                    .create_checked(PROGRAM, spec.clone(), metric)
+                    .create_checked(PROGRAM, def.spec.clone(), metric)
                     .await
                     .map_err(|e| match e.kind() {
                         "validation" | "signature" | "python" | "environment" => {

@@ -70,9 +70,22 @@ impl Indices {
         fresh
     }
 
+    #[cfg(test)]
     pub fn contains(&self, index: u64) -> bool {
         let (word, bit) = ((index / 64) as usize, index % 64);
         self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Takes `index` out of the set; whether it was in.
+    pub fn remove(&mut self, index: u64) -> bool {
+        let (word, bit) = ((index / 64) as usize, index % 64);
+        let Some(w) = self.bits.get_mut(word) else {
+            return false;
+        };
+        let present = *w & (1 << bit) != 0;
+        *w &= !(1 << bit);
+        self.len -= u64::from(present);
+        present
     }
 
     pub fn len(&self) -> u64 {
@@ -106,8 +119,9 @@ impl Previous {
             failed: 0,
             dropped: 0,
         };
-        for_each_line(BufReader::new(file), |line| {
-            match classify(line) {
+        let mut lines = OutputLines::new(BufReader::new(file));
+        while let Some((_, seen)) = lines.next().map_err(read_error)? {
+            match seen {
                 Some((index, LineKind::Ok)) => {
                     if !previous.kept.insert(index) {
                         previous.dropped += 1;
@@ -123,9 +137,7 @@ impl Previous {
                 Some(_) => {}
                 None => previous.dropped += 1,
             }
-            Ok(())
-        })
-        .map_err(read_error)?;
+        }
         Ok(previous)
     }
 
@@ -137,52 +149,68 @@ impl Previous {
             source,
         })?;
         Ok(KeptLines {
-            reader: BufReader::new(file),
+            lines: OutputLines::new(BufReader::new(file)),
             kept: self.kept.clone(),
-            line: String::new(),
             next: None,
         })
     }
 }
 
-/// Calls `each` with every complete line (ending in a newline) of `reader`, without the
-/// newline; a last line without one is torn and skipped.
-pub fn for_each_line(
-    mut reader: impl BufRead,
-    mut each: impl FnMut(&str) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        // Lines of another encoding are not dspex output; they do not parse below.
-        let n = match reader.read_line(&mut line) {
+/// The complete lines of an output (each ending in a newline), as `resume` and `merge`
+/// read them: a last line without a newline is torn and ends the reading.
+pub struct OutputLines<R> {
+    reader: R,
+    line: String,
+}
+
+impl<R: BufRead> OutputLines<R> {
+    pub fn new(reader: R) -> Self {
+        OutputLines {
+            reader,
+            line: String::new(),
+        }
+    }
+
+    /// The next complete line, without its newline, and its row index and outcome
+    /// ([`classify`]; `None` for a line that is not one, such as one that is not UTF-8).
+    /// `None` at the end.
+    #[allow(clippy::type_complexity)]
+    pub fn next(&mut self) -> io::Result<Option<(&str, Option<(u64, LineKind)>)>> {
+        self.line.clear();
+        let n = match self.reader.read_line(&mut self.line) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                each("")?;
-                continue;
-            }
+            // Lines of another encoding are not dspex output (the line was consumed).
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Some(("", None))),
             Err(e) => return Err(e),
         };
-        if n == 0 || !line.ends_with('\n') {
-            return Ok(());
+        if n == 0 || !self.line.ends_with('\n') {
+            return Ok(None);
         }
-        each(line.trim_end_matches(['\n', '\r']))?;
+        let line = self.line.trim_end_matches(['\n', '\r']);
+        Ok(Some((line, classify(line))))
     }
+}
+
+/// A kept line of an earlier output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub line: String,
+    /// The row succeeded (else it failed; unfinished rows are never kept).
+    pub ok: bool,
 }
 
 /// The kept lines of an earlier output, handed out by index as a resumed run reaches them.
 pub struct KeptLines {
-    reader: BufReader<File>,
+    lines: OutputLines<BufReader<File>>,
     kept: Indices,
-    line: String,
-    /// A kept line read ahead: (index, line).
-    next: Option<(u64, String)>,
+    /// A kept line read ahead, with its index.
+    next: Option<(u64, Kept)>,
 }
 
 impl KeptLines {
     /// The kept line of row `index`. Rows must be asked for in increasing order (which is
     /// the order dspex writes them in).
-    pub fn take(&mut self, index: u64) -> io::Result<Option<String>> {
+    pub fn take(&mut self, index: u64) -> io::Result<Option<Kept>> {
         loop {
             match &self.next {
                 Some((i, _)) if *i == index => return Ok(self.next.take().map(|(_, l)| l)),
@@ -197,7 +225,7 @@ impl KeptLines {
     }
 
     /// Every kept line not taken yet, in order (to keep them when a resume is stopped).
-    pub fn rest(&mut self, mut each: impl FnMut(String)) -> io::Result<()> {
+    pub fn rest(&mut self, mut each: impl FnMut(Kept)) -> io::Result<()> {
         if let Some((_, line)) = self.next.take() {
             each(line);
         }
@@ -207,26 +235,20 @@ impl KeptLines {
         Ok(())
     }
 
-    fn read_kept(&mut self) -> io::Result<Option<(u64, String)>> {
-        loop {
-            self.line.clear();
-            let n = match self.reader.read_line(&mut self.line) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 || !self.line.ends_with('\n') {
-                return Ok(None);
-            }
-            let line = self.line.trim_end_matches(['\n', '\r']);
-            if let Some((index, kind)) = classify(line) {
-                // The scan decided what is kept; take each index once.
-                if kind != LineKind::Unfinished && self.kept.contains(index) {
-                    self.kept.bits[(index / 64) as usize] &= !(1 << (index % 64));
-                    return Ok(Some((index, line.to_owned())));
+    fn read_kept(&mut self) -> io::Result<Option<(u64, Kept)>> {
+        while let Some((line, seen)) = self.lines.next()? {
+            // The scan decided what is kept; take each index once.
+            if let Some((index, kind)) = seen {
+                if kind != LineKind::Unfinished && self.kept.remove(index) {
+                    let kept = Kept {
+                        line: line.to_owned(),
+                        ok: kind == LineKind::Ok,
+                    };
+                    return Ok(Some((index, kept)));
                 }
             }
         }
+        Ok(None)
     }
 }
 
@@ -267,11 +289,11 @@ mod tests {
         let previous = Previous::scan(&path, false).unwrap();
         let mut lines = previous.lines().unwrap();
         assert_eq!(
-            lines.take(0).unwrap().as_deref(),
+            lines.take(0).unwrap().map(|k| k.line).as_deref(),
             Some("{\"index\":0,\"id\":null,\"outputs\":{\"a\":1}}")
         );
         assert_eq!(lines.take(2).unwrap(), None, "not kept");
-        let three = lines.take(3).unwrap().unwrap();
+        let three = lines.take(3).unwrap().unwrap().line;
         assert!(three.contains("12345678901234567890123"), "{three}");
         assert_eq!(lines.take(4).unwrap(), None);
     }
@@ -283,7 +305,7 @@ mod tests {
         let mut lines = previous.lines().unwrap();
         assert!(lines.take(0).unwrap().is_some());
         let mut rest = Vec::new();
-        lines.rest(|l| rest.push(l)).unwrap();
+        lines.rest(|k| rest.push(k.line)).unwrap();
         assert_eq!(rest.len(), 2);
         assert!(rest[0].starts_with("{\"index\":1,"));
         assert!(rest[1].starts_with("{\"index\":3,"));
@@ -297,5 +319,7 @@ mod tests {
         assert!(set.insert(1000));
         assert!(set.contains(1000) && set.contains(5) && !set.contains(6));
         assert_eq!(set.len(), 2);
+        assert!(set.remove(5) && !set.remove(5) && !set.remove(1 << 20));
+        assert_eq!(set.len(), 1);
     }
 }

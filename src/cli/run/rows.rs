@@ -74,23 +74,28 @@ pub fn parse(line: &[u8], line_no: u64, runner: &Runner) -> Result<Row, Rejected
 
 /// The JSON object on a line, and its `id`.
 pub fn parse_object(line: &[u8], line_no: u64) -> Result<(Id, Map<String, Value>), Rejected> {
-    let input_error = |message: String| Rejected {
+    let object = object_of(line, line_no).map_err(|error| Rejected {
         id: null_id(),
-        error: RowError::new("input", format!("line {line_no}: {message}")),
-    };
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        input_error(format!(
-            "not valid JSON ({e}); each line must be one JSON object"
-        ))
+        error,
     })?;
-    let Value::Object(object) = value else {
-        return Err(input_error(format!(
-            "expected a JSON object, got {}",
-            kind_of(&value)
-        )));
-    };
     let id = id_of(line, object.get("id"));
     Ok((id, object))
+}
+
+/// The JSON object on line `line_no`, or why the line is not one (kind `input`).
+pub fn object_of(line: &[u8], line_no: u64) -> Result<Map<String, Value>, RowError> {
+    let input_error =
+        |message: String| RowError::new("input", format!("line {line_no}: {message}"));
+    match serde_json::from_slice(line) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(other) => Err(input_error(format!(
+            "expected a JSON object, got {}",
+            kind_of(&other)
+        ))),
+        Err(e) => Err(input_error(format!(
+            "not valid JSON ({e}); each line must be one JSON object"
+        ))),
+    }
 }
 
 /// The raw text of the `id` when parsing would change it (a number that is not a 64-bit

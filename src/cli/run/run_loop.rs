@@ -24,14 +24,14 @@ use super::input::{Content, Line, Lines, Reader};
 use super::output::Writer;
 use super::progress::{self, RunProgress};
 use super::reorder::Reorder;
-use super::resume::{classify, KeptLines, LineKind};
+use super::resume::{Kept, KeptLines};
 use super::rows::{self, Id, RowError};
 use super::sidecar::Shard;
 use super::Signals;
 use crate::cli::source::{RowOutput, Runner};
 use crate::cli::{CliError, Outcome, Signal};
 
-type RowFuture = Pin<Box<dyn Future<Output = (u64, dspex::Result<RowOutput>)> + Send>>;
+type RowFuture<'a> = Pin<Box<dyn Future<Output = (u64, dspex::Result<RowOutput>)> + Send + 'a>>;
 
 /// How many rows the loop keeps outstanding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub enum Done {
     /// Its line is longer than `run.max_line_bytes`.
     TooLong { line: u64 },
     /// An earlier run's line for it, kept by `--resume`.
-    Kept(String),
+    Kept(Kept),
     /// A signal stopped the run before it finished.
     Stopped(Signal),
 }
@@ -104,7 +104,7 @@ pub struct RunLoop<'a> {
     max_line_bytes: u64,
     window: Window,
     grace: Duration,
-    in_flight: FuturesUnordered<RowFuture>,
+    in_flight: FuturesUnordered<RowFuture<'a>>,
     sent: HashMap<u64, Sent>,
     reorder: Reorder<Finished>,
     writer: Writer,
@@ -266,7 +266,7 @@ impl<'a> RunLoop<'a> {
                         end_offset,
                     },
                 );
-                let runner = self.runner.clone();
+                let runner = self.runner;
                 self.in_flight.push(Box::pin(
                     async move { (index, runner.run(row.input).await) },
                 ));
@@ -312,10 +312,7 @@ impl<'a> RunLoop<'a> {
                 false,
                 false,
             ),
-            Done::Kept(line) => {
-                let ok = classify(&line).is_some_and(|(_, kind)| kind == LineKind::Ok);
-                (line, ok, true)
-            }
+            Done::Kept(Kept { line, ok }) => (line, ok, true),
             Done::Stopped(signal) => {
                 let error = RowError::new(
                     "shutting_down",
@@ -394,8 +391,7 @@ impl<'a> RunLoop<'a> {
             return Ok(());
         };
         let (writer, progress) = (&mut self.writer, &mut self.progress);
-        kept.rest(|line| {
-            let ok = classify(&line).is_some_and(|(_, kind)| kind == LineKind::Ok);
+        kept.rest(|Kept { line, ok }| {
             writer.line(&line);
             progress.row_kept(ok, None);
         })
