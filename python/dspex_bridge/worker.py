@@ -6,7 +6,9 @@ in flight: the main thread reads request frames continuously and hands user requ
 pool of at most ``DSPEX_WORKER_CONCURRENCY`` threads, which answer in whatever order they
 finish. Control commands (``ping``, ``shutdown``, ``get_stats``, ``cleanup_session``,
 ``reset_state``) are answered on the reading thread at once, so a health ping never waits
-behind a slow LM. Every frame (response or event) is written whole under one lock.
+behind a slow LM. Every frame (response or event) is written whole under one lock. Requests
+that never wait run one at a time within those threads, and their responses go out a few
+per write (:mod:`.request_pool`, :class:`ResponseWriter`).
 
 Threads rather than asyncio: DSPy programs are synchronous code that blocks in its LM client,
 user modules often define only ``forward``, and user ``@command`` functions are plain
@@ -31,7 +33,6 @@ request's error response.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextvars
 import importlib
 import logging
@@ -44,7 +45,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import protocol
 from .context import RequestContext, activate
@@ -53,6 +54,7 @@ from .errors import BridgeError, InvalidRequest, ResponseTooLarge, UnknownComman
 from .programs import ProgramStore, scope_of
 from .reaper import LifelineError, lifeline_fd, start_reaper
 from .registry import user_command, user_command_names
+from .request_pool import RequestPool
 
 log = logging.getLogger("dspex_bridge")
 
@@ -70,6 +72,8 @@ CONTROL_COMMANDS = frozenset({"ping", "shutdown", "get_stats", "cleanup_session"
 #: How long SIGTERM waits for another thread to finish the frame it is writing. The host
 #: is not reading when this runs out (a full pipe), so a torn frame then harms nobody.
 _TERMINATE_WRITE_WAIT = 2.0
+#: Longest a response may be held back (ResponseWriter).
+FLUSH_DELAY = 0.005
 
 #: A built-in command: ``handler(args, ctx)``. User commands are ``fn(args)``.
 BuiltinHandler = Callable[[Dict[str, Any], RequestContext], Any]
@@ -166,13 +170,17 @@ class SignalAwareReader:
     :func:`signal.set_wakeup_fd` the C-level handler also writes to a pipe on whichever thread
     it runs, and this reader waits on the request descriptor and that pipe together, so the
     main thread wakes up and runs the handler.
+
+    Before each wait it calls ``tick``, which returns how long it may wait (``None``: until
+    something arrives); the worker uses it to send frames its writer held back.
     """
 
-    def __init__(self, stream: BinaryIO, wakeup: int) -> None:
+    def __init__(self, stream: BinaryIO, wakeup: int, tick: Callable[[], Optional[float]] = lambda: None) -> None:
         # The stream itself is kept (not only its descriptor) so it is not closed under us.
         self._stream = stream
         self._fd = stream.fileno()
         self._wakeup = wakeup
+        self._tick = tick
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
         self._poll.register(wakeup, select.POLLIN)
@@ -181,7 +189,8 @@ class SignalAwareReader:
     def read(self, count: int) -> bytes:
         """Up to ``count`` bytes; ``b""`` at end of stream."""
         while not self._buffer:
-            ready = {fd for fd, _ in self._poll.poll()}
+            wait = self._tick()
+            ready = {fd for fd, _ in self._poll.poll(None if wait is None else max(1, int(wait * 1000) + 1))}
             if self._wakeup in ready:
                 # A signal came in; its handler runs as soon as this thread runs Python.
                 _drain(self._wakeup)
@@ -209,20 +218,35 @@ class ResponseWriter:
     It also knows whether the calling thread is in the middle of a frame, which the SIGTERM
     handler (always run on the main thread) needs: if the main thread is mid-frame the frame
     is finished before the worker leaves; if another thread is, the handler waits for it.
+
+    Holding back: a thread that goes straight on to another queued request may ask to leave
+    its response in the stream's buffer (``defer``), so a worker working through a backlog
+    of fast requests sends their responses a few at a time: one write and one wake-up of the
+    host per group instead of per row. At most ``max_deferred`` frames wait, never longer
+    than :data:`FLUSH_DELAY`: the request reader wakes up for them (``flush_due``,
+    ``flush_late``) whatever the requests being run do.
     """
 
-    def __init__(self, stream: BinaryIO, max_frame_bytes: int) -> None:
+    def __init__(self, stream: BinaryIO, max_frame_bytes: int, max_deferred: int = 0) -> None:
         self._stream = stream
         self._max_frame = max_frame_bytes
+        self.max_deferred = max_deferred
         self._lock = threading.Lock()
         self._writer: Optional[int] = None
         self._closed = False
+        self._deferred = 0
+        self._deferred_since = 0.0
+        #: Frames held back so far (``get_stats``).
+        self.held_back = 0
         self._main = threading.main_thread().ident
         #: Set by the signal handler when it lands mid-frame on the main thread.
         self.exit_after_frame = False
 
-    def write(self, payload: bytes) -> bool:
+    def write(self, payload: bytes, defer: bool = False) -> bool:
         """Write one frame; ``False`` if the writer is closed (the worker is leaving).
+
+        With ``defer``, the frame may stay in the stream's buffer for a while (see the class
+        doc); otherwise it goes out at once, with every frame held back before it.
 
         Raises ``FrameTooLarge`` for a payload over the limit (nothing is written) and the
         stream's ``OSError`` (``BrokenPipeError`` once the host closed it).
@@ -234,12 +258,40 @@ class ResponseWriter:
             self._writer = threading.get_ident()
             try:
                 self._stream.write(frame)
-                self._stream.flush()
+                if defer and self._deferred < self.max_deferred:
+                    if not self._deferred:
+                        self._deferred_since = time.monotonic()
+                    self._deferred += 1
+                    self.held_back += 1
+                else:
+                    self._flush()
             finally:
                 self._writer = None
         if self.exit_after_frame and threading.get_ident() == self._main:
             raise _Terminated()
         return True
+
+    def flush_due(self) -> Optional[float]:
+        """Seconds until the frames held back must go out; ``None`` if there are none."""
+        if not self._deferred:
+            return None
+        return max(0.0, self._deferred_since + FLUSH_DELAY - time.monotonic())
+
+    def flush_late(self) -> None:
+        """Send the frames held back if they are due."""
+        with self._lock:
+            if self._deferred and not self._closed and time.monotonic() >= self._deferred_since + FLUSH_DELAY:
+                self._flush()
+
+    def flush(self) -> None:
+        """Send the frames held back now."""
+        with self._lock:
+            if self._deferred and not self._closed:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._deferred = 0
+        self._stream.flush()
 
     def mid_frame_here(self) -> bool:
         """Whether the calling thread is writing a frame right now."""
@@ -251,68 +303,6 @@ class ResponseWriter:
         self._closed = True
         if acquired:
             self._lock.release()
-
-
-class RequestPool:
-    """Runs user requests on at most ``size`` threads, in arrival order.
-
-    Threads start on demand (an idle worker costs no thread stacks against its address-space
-    limit) and are daemons: the worker leaves with ``os._exit`` and must never wait for one.
-    More requests than threads wait in an unbounded queue: the host sends at most ``size``,
-    and one that sends more is served late rather than dropped.
-    """
-
-    def __init__(self, size: int, run: Callable[[Any], None]) -> None:
-        self.size = size
-        self._run = run
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._done = threading.Condition(self._lock)
-        self._queue: Deque[Any] = collections.deque()
-        self._threads = 0
-        self._idle = 0
-        self._outstanding = 0
-
-    def submit(self, item: Any) -> None:
-        """Queue ``item``; a thread picks it up as soon as one is free."""
-        with self._lock:
-            self._queue.append(item)
-            self._outstanding += 1
-            # An idle thread that was notified but has not woken yet still counts as idle:
-            # compare the queue with the idle threads, not "is any thread idle", or a burst
-            # of requests would all be left to the one thread that happened to be idle.
-            if len(self._queue) > self._idle and self._threads < self.size:
-                self._threads += 1
-                threading.Thread(target=self._serve, name=f"dspex-request-{self._threads}", daemon=True).start()
-            else:
-                self._work.notify()
-
-    def outstanding(self) -> int:
-        """Requests accepted and not yet finished (queued or running)."""
-        with self._lock:
-            return self._outstanding
-
-    def drain(self) -> None:
-        """Wait until every accepted request has finished."""
-        with self._lock:
-            while self._outstanding:
-                self._done.wait()
-
-    def _serve(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-                while not self._queue:
-                    self._work.wait()
-                self._idle -= 1
-                item = self._queue.popleft()
-            try:
-                self._run(item)
-            finally:
-                with self._lock:
-                    self._outstanding -= 1
-                    if not self._outstanding:
-                        self._done.notify_all()
 
 
 class Worker:
@@ -365,10 +355,14 @@ class Worker:
         previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
         requests = self._streams.requests
         if _has_fileno(requests):
-            requests = SignalAwareReader(requests, wake_read)
+            # The reader can wake up for held-back frames (see ResponseWriter), so the
+            # writer may hold some back.
+            requests = SignalAwareReader(requests, wake_read, self._flush_tick)
+            self._writer.max_deferred = self.concurrency // 2
         try:
             code = self._read_loop(requests)
             self._pool.drain()
+            self._writer.flush()
             return code
         except _Terminated:
             log.info("worker %s terminated by signal; exiting", self.worker_id)
@@ -429,10 +423,20 @@ class Worker:
             return
         raise _Terminated()
 
+    def _flush_tick(self) -> Optional[float]:
+        """The reader's ``tick``: send held-back frames that are due; return how long the
+        reader may wait for the next request before it must look again."""
+        self._writer.flush_late()
+        due = self._writer.flush_due()
+        if due is None and self._pool.outstanding():
+            # A running request may still hold its response back.
+            return FLUSH_DELAY
+        return due
+
     def _run_pooled(self, item: Tuple[contextvars.Context, Dict[str, Any]]) -> None:
         context, request = item
         try:
-            context.run(self._run, request)
+            context.run(self._run, request, True)
         except BrokenPipeError:
             log.info("worker %s: the host closed the response stream; exiting", self.worker_id)
             _hard_exit(EXIT_OK)
@@ -444,13 +448,14 @@ class Worker:
 
     # -- one request ----------------------------------------------------------------------------
 
-    def _run(self, request: Dict[str, Any]) -> None:
-        """Handle one decoded request and write its response."""
+    def _run(self, request: Dict[str, Any], pooled: bool = False) -> None:
+        """Handle one decoded request and write its response (held back a little if this
+        pool thread goes straight on to another request, see ResponseWriter)."""
         ctx = RequestContext(request["id"], self.worker_id, self.concurrency, self._emit)
         activate(ctx)
         payload = self.handle(request, ctx)
         ctx.close()
-        self._writer.write(payload)
+        self._writer.write(payload, defer=pooled and self._pool.continues())
 
     def handle(self, request: Dict[str, Any], ctx: RequestContext) -> bytes:
         """Run one decoded request and return the encoded response payload; never raises
@@ -590,6 +595,10 @@ class Worker:
             "errors": errors,
             "in_flight": self._pool.outstanding(),
             "concurrency": self.concurrency,
+            # How many may run at once now (RequestPool), and how many responses were sent
+            # a few at a time (ResponseWriter).
+            "running_limit": self._pool.admission.limit,
+            "held_back": self._writer.held_back,
             "uptime": self._uptime(),
             "rss_bytes": rss_bytes(),
             "programs": len(self._store),

@@ -119,6 +119,38 @@ def test_every_user_request_is_answered_when_many_are_pipelined(spawn: SpawnFn) 
         assert worker.response(request_id)["result"] == {"echo": {"n": index}}
 
 
+def test_a_backlog_of_requests_that_only_compute_runs_one_at_a_time(spawn: SpawnFn) -> None:
+    # Eight threads taking turns over the GIL would do the same work more slowly: once the
+    # worker sees the requests never wait, it runs them one after the other, and sends
+    # their responses a few at a time.
+    worker = spawn("fds", env=runtime_env(DSPEX_WORKER_CONCURRENCY="8"))
+    ids = [worker.send("spin", {"seconds": 0.002, "n": index}) for index in range(200)]
+    for index, request_id in enumerate(ids):
+        assert worker.response(request_id)["result"] == {"n": index}
+    stats = worker.call("get_stats")
+    assert stats["running_limit"] == 1
+    assert stats["held_back"] > 0
+
+
+def test_held_back_responses_go_out_while_the_next_request_blocks(spawn: SpawnFn, gate: Gate) -> None:
+    worker = spawn("fds", env=runtime_env(DSPEX_WORKER_CONCURRENCY="8"))
+    # Teach the worker that requests only compute, so the ones below queue behind one thread.
+    for request_id in [worker.send("spin", {"seconds": 0.002, "n": index}) for index in range(40)]:
+        worker.response(request_id)
+    assert worker.call("get_stats")["running_limit"] == 1
+    before = worker.call("get_stats")["held_back"]
+    spins = [worker.send("spin", {"seconds": 0.002, "n": index}) for index in range(40)]
+    held = worker.send("hold", gate.args("last"))
+    # The thread that ran the last spin went on to the hold, which now blocks: the spins'
+    # responses, some held back, must still arrive, without any further request.
+    (running,) = gate.entered()
+    for index, request_id in enumerate(spins):
+        assert worker.response(request_id)["result"] == {"n": index}
+    running.release()
+    assert worker.response(held)["result"] == {"tag": "last", "released": "go"}
+    assert worker.call("get_stats")["held_back"] > before
+
+
 def test_a_user_command_finds_its_own_request_context(spawn: SpawnFn) -> None:
     worker = spawn("fds", env=runtime_env(DSPEX_WORKER_CONCURRENCY="5"), worker_id="ctx-worker")
     request_id = worker.send("whoami")

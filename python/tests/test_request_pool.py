@@ -1,0 +1,273 @@
+"""How many requests a worker runs at once, and how it sends their responses.
+
+:class:`Admission` is checked on given numbers; :class:`RequestPool` with real threads that
+compute (a busy loop on the thread's CPU clock) or wait (a sleep, an event); the
+:class:`ResponseWriter`'s holding back on a real pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from typing import List
+
+import pytest
+
+from dspex_bridge import protocol
+from dspex_bridge.request_pool import MIN_PATIENCE, WARM_UP, Admission, RequestPool, ThreadClock
+from dspex_bridge.worker import FLUSH_DELAY, ResponseWriter
+
+
+def compute(seconds: float) -> None:
+    """Keep this thread on the CPU for ``seconds`` of its own CPU time."""
+    started = time.thread_time()
+    while time.thread_time() - started < seconds:
+        pass
+
+
+class Recorder:
+    """A pool's ``run``: records how many requests were running when each one started."""
+
+    def __init__(self, work) -> None:
+        self._work = work
+        self._lock = threading.Lock()
+        self._running = 0
+        self.company: List[int] = []
+
+    def __call__(self, item) -> None:
+        with self._lock:
+            self._running += 1
+            self.company.append(self._running)
+        try:
+            self._work(item)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+# -- Admission -------------------------------------------------------------------------------
+
+
+def test_requests_that_only_compute_are_admitted_one_at_a_time() -> None:
+    admission = Admission(8)
+    assert admission.limit == 8
+    # Eight at once, each 1 ms of CPU in 8 ms: taking turns, not waiting on anything.
+    for _ in range(WARM_UP - 1):
+        admission.observe(cpu=0.001, wall=0.008, running=8.0)
+    assert admission.limit == 8
+    admission.observe(cpu=0.001, wall=0.008, running=8.0)
+    assert admission.limit == 1
+
+
+def test_requests_that_wait_on_an_lm_use_every_slot() -> None:
+    admission = Admission(8)
+    for _ in range(10):
+        admission.observe(cpu=0.002, wall=0.3, running=8.0)
+    assert admission.limit == 8
+
+
+def test_requests_that_wait_as_long_as_they_compute_run_two_at_once() -> None:
+    admission = Admission(8)
+    for _ in range(10):
+        admission.observe(cpu=0.010, wall=0.020, running=1.0)
+    assert admission.limit == 2
+
+
+def test_time_lost_to_other_processes_is_not_taken_for_waiting() -> None:
+    admission = Admission(8)
+    # Alone, 1 ms of CPU took 3 ms because the machine's other processes had the CPU.
+    for _ in range(10):
+        admission.observe(cpu=0.001, wall=0.003, running=1.0, queued=0.002)
+    assert admission.limit == 1
+    without_the_queue_time = Admission(8)
+    for _ in range(10):
+        without_the_queue_time.observe(cpu=0.001, wall=0.003, running=1.0)
+    assert without_the_queue_time.limit == 3
+
+
+def test_a_closed_admission_opens_when_nothing_finishes_for_its_patience() -> None:
+    now = [100.0]
+    admission = Admission(8, clock=lambda: now[0])
+    for _ in range(WARM_UP):
+        admission.observe(cpu=0.001, wall=0.001, running=1.0)
+    assert admission.limit == 1
+    assert admission.patience == MIN_PATIENCE
+    now[0] += MIN_PATIENCE / 2
+    assert not admission.stalled()
+    assert admission.limit == 1
+    now[0] += MIN_PATIENCE
+    assert admission.stalled()
+    assert admission.limit == 8
+    # The averages start over, with a new warm-up.
+    for _ in range(WARM_UP - 1):
+        admission.observe(cpu=0.001, wall=0.001, running=1.0)
+    assert admission.limit == 8
+
+
+def test_patience_follows_how_long_requests_take() -> None:
+    admission = Admission(4)
+    for _ in range(20):
+        admission.observe(cpu=0.1, wall=0.1, running=1.0)
+    assert admission.patience == pytest.approx(0.4, rel=0.01)
+
+
+def test_the_thread_clock_counts_this_threads_cpu_time() -> None:
+    clock = ThreadClock()
+    cpu, queued = clock.read()
+    compute(0.02)
+    later_cpu, later_queued = clock.read()
+    assert later_cpu - cpu >= 0.015
+    assert later_queued >= queued
+    time.sleep(0.02)
+    assert clock.read()[0] - later_cpu < 0.01
+
+
+# -- RequestPool -----------------------------------------------------------------------------
+
+
+def test_a_backlog_of_requests_that_compute_runs_one_at_a_time() -> None:
+    recorder = Recorder(lambda item: compute(0.002))
+    pool = RequestPool(8, recorder)
+    for item in range(80):
+        pool.submit(item)
+    pool.drain()
+    assert pool.admission.limit == 1
+    # Once their cost is known they run alone, one after the other (all eight slots were
+    # open at first: see the test below for requests that wait).
+    alone = sum(1 for company in recorder.company[40:] if company == 1)
+    assert alone >= 36, recorder.company
+
+
+def test_requests_that_wait_run_on_every_slot() -> None:
+    recorder = Recorder(lambda item: time.sleep(0.02))
+    pool = RequestPool(8, recorder)
+    for item in range(64):
+        pool.submit(item)
+    pool.drain()
+    assert pool.admission.limit == 8
+    assert pool.peak_running == 8
+    assert recorder.company[-16:].count(8) >= 1, recorder.company
+
+
+def test_a_request_that_blocks_behind_a_closed_admission_does_not_hold_the_queue() -> None:
+    released = threading.Event()
+    finished: List[str] = []
+
+    def work(item: str) -> None:
+        if item == "blocks":
+            assert released.wait(30)
+        elif item.startswith("warm"):
+            compute(0.002)
+        finished.append(item)
+
+    pool = RequestPool(4, work)
+    for index in range(20):
+        pool.submit(f"warm-{index}")
+    deadline = time.monotonic() + 30
+    while len(finished) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.admission.limit == 1
+    pool.submit("blocks")
+    for index in range(3):
+        pool.submit(f"after-{index}")
+    # The three behind the blocked one finish while it still blocks: the pool opened.
+    while len(finished) < 23 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(finished[20:]) == ["after-0", "after-1", "after-2"]
+    released.set()
+    pool.drain()
+    assert finished[-1] == "blocks"
+
+
+def test_a_pool_thread_knows_whether_it_goes_on_to_a_queued_request() -> None:
+    answers: List[bool] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def work(item: str) -> None:
+        if item == "first":
+            entered.set()
+            assert release.wait(30)
+        answers.append(pool.continues())
+
+    pool = RequestPool(1, work)
+    pool.submit("first")
+    assert entered.wait(30)
+    pool.submit("second")
+    release.set()
+    pool.drain()
+    # "first" finished with "second" queued behind it; "second" with nothing left.
+    assert answers == [True, False]
+
+
+# -- ResponseWriter --------------------------------------------------------------------------
+
+
+def readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+@pytest.fixture
+def pipe():
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "wb")
+    yield read_end, stream
+    stream.close()
+    os.close(read_end)
+
+
+def frames(fd: int, count: int) -> List[bytes]:
+    reader = os.fdopen(os.dup(fd), "rb", buffering=0)
+    try:
+        return [protocol.read_frame(reader, 1 << 20) for _ in range(count)]
+    finally:
+        reader.close()
+
+
+def test_a_held_back_response_waits_until_it_is_due(pipe) -> None:
+    read_end, stream = pipe
+    writer = ResponseWriter(stream, 1 << 20, max_deferred=4)
+    assert writer.flush_due() is None
+    writer.write(b'{"id": 1}', defer=True)
+    writer.write(b'{"id": 2}', defer=True)
+    assert not readable(read_end)
+    due = writer.flush_due()
+    assert due is not None and 0 <= due <= FLUSH_DELAY
+    writer.flush_late()
+    if writer.flush_due() is not None:
+        assert not readable(read_end)
+        time.sleep(writer.flush_due() + 0.001)
+        writer.flush_late()
+    assert writer.flush_due() is None
+    assert frames(read_end, 2) == [b'{"id": 1}', b'{"id": 2}']
+    assert writer.held_back == 2
+
+
+def test_a_response_sent_at_once_takes_the_held_back_ones_with_it(pipe) -> None:
+    read_end, stream = pipe
+    writer = ResponseWriter(stream, 1 << 20, max_deferred=4)
+    writer.write(b'{"id": 1}', defer=True)
+    writer.write(b'{"id": 2}')
+    assert writer.flush_due() is None
+    assert frames(read_end, 2) == [b'{"id": 1}', b'{"id": 2}']
+
+
+def test_no_more_than_max_deferred_responses_are_held_back(pipe) -> None:
+    read_end, stream = pipe
+    writer = ResponseWriter(stream, 1 << 20, max_deferred=2)
+    for request_id in (1, 2):
+        writer.write(b'{"id": %d}' % request_id, defer=True)
+    assert not readable(read_end)
+    writer.write(b'{"id": 3}', defer=True)
+    assert frames(read_end, 3) == [b'{"id": 1}', b'{"id": 2}', b'{"id": 3}']
+    assert writer.held_back == 2
+
+
+def test_without_a_reader_that_wakes_for_them_nothing_is_held_back(pipe) -> None:
+    read_end, stream = pipe
+    writer = ResponseWriter(stream, 1 << 20)
+    writer.write(b'{"id": 1}', defer=True)
+    assert frames(read_end, 1) == [b'{"id": 1}']
+    assert writer.held_back == 0
