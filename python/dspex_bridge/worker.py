@@ -72,8 +72,10 @@ CONTROL_COMMANDS = frozenset({"ping", "shutdown", "get_stats", "cleanup_session"
 #: How long SIGTERM waits for another thread to finish the frame it is writing. The host
 #: is not reading when this runs out (a full pipe), so a torn frame then harms nobody.
 _TERMINATE_WRITE_WAIT = 2.0
-#: Longest a response may be held back (ResponseWriter).
+#: Longest a response may be held back (ResponseWriter), once the reader knows of it.
 FLUSH_DELAY = 0.005
+#: How often the reader looks for held-back responses while requests run.
+FLUSH_RECHECK = 0.05
 
 #: A built-in command: ``handler(args, ctx)``. User commands are ``fn(args)``.
 BuiltinHandler = Callable[[Dict[str, Any], RequestContext], Any]
@@ -222,9 +224,11 @@ class ResponseWriter:
     Holding back: a thread that goes straight on to another queued request may ask to leave
     its response in the stream's buffer (``defer``), so a worker working through a backlog
     of fast requests sends their responses a few at a time: one write and one wake-up of the
-    host per group instead of per row. At most ``max_deferred`` frames wait, never longer
-    than :data:`FLUSH_DELAY`: the request reader wakes up for them (``flush_due``,
-    ``flush_late``) whatever the requests being run do.
+    host per group instead of per row. At most ``max_deferred`` frames wait, and whatever
+    the requests being run do, the request reader sends them (``flush_due``,
+    ``flush_late``): :data:`FLUSH_DELAY` after the first was held back, or, if that frame
+    was held back while the reader was already waiting, at its next look
+    (:data:`FLUSH_RECHECK`).
     """
 
     def __init__(self, stream: BinaryIO, max_frame_bytes: int, max_deferred: int = 0) -> None:
@@ -429,8 +433,10 @@ class Worker:
         self._writer.flush_late()
         due = self._writer.flush_due()
         if due is None and self._pool.outstanding():
-            # A running request may still hold its response back.
-            return FLUSH_DELAY
+            # A request finishing after this look may hold its response back; look again
+            # now and then (not every FLUSH_DELAY: each look takes the GIL from the
+            # request threads).
+            return FLUSH_RECHECK
         return due
 
     def _run_pooled(self, item: Tuple[contextvars.Context, Dict[str, Any]]) -> None:
