@@ -283,15 +283,26 @@ class ResponseWriter:
 
     def flush_late(self) -> None:
         """Send the frames held back if they are due."""
-        with self._lock:
-            if self._deferred and not self._closed and time.monotonic() >= self._deferred_since + FLUSH_DELAY:
-                self._flush()
+        self._flush_held(due_only=True)
 
     def flush(self) -> None:
         """Send the frames held back now."""
+        self._flush_held(due_only=False)
+
+    def _flush_held(self, due_only: bool) -> None:
         with self._lock:
-            if self._deferred and not self._closed:
+            if not self._deferred or self._closed:
+                return
+            if due_only and time.monotonic() < self._deferred_since + FLUSH_DELAY:
+                return
+            # Held-back frames are whole frames still to be written, like write()'s.
+            self._writer = threading.get_ident()
+            try:
                 self._flush()
+            finally:
+                self._writer = None
+        if self.exit_after_frame and threading.get_ident() == self._main:
+            raise _Terminated()
 
     def _flush(self) -> None:
         self._deferred = 0
