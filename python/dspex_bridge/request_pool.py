@@ -151,7 +151,7 @@ class RequestPool:
         self._load = 0.0
         self._load_at = time.monotonic()
         self._outstanding = 0
-        #: The most requests that ever ran at once (for tests and ``get_stats``).
+        #: The most requests that ever ran at once (for tests).
         self.peak_running = 0
 
     def submit(self, item: Any) -> None:
