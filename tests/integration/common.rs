@@ -8,6 +8,21 @@ use dspex::config::{Config, PythonExecutable};
 use dspex::System;
 use serde_json::Value;
 
+/// `<venv>/lib/pythonX.Y/site-packages`.
+pub fn site_packages(venv: &Path) -> PathBuf {
+    let python = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python")
+        })
+        .unwrap();
+    python.join("site-packages")
+}
+
 /// Parses JSONL text, naming the line that is not JSON.
 pub fn json_lines(text: &str) -> Vec<Value> {
     text.lines()

@@ -31,6 +31,20 @@ pub fn config(size: usize) -> ActorsConfig {
     c
 }
 
+/// A supervisor over `launcher`'s fakes, started without waiting for its workers.
+pub fn launch(config: ActorsConfig, launcher: &InMemoryLauncher) -> Addr<Supervisor> {
+    launch_with(config, launcher, WorkerFaults)
+}
+
+/// [`launch`] with a classifier of the test's own.
+pub fn launch_with(
+    config: ActorsConfig,
+    launcher: &InMemoryLauncher,
+    classifier: impl dspex_actors::ErrorClassifier,
+) -> Addr<Supervisor> {
+    Supervisor::new("t".into(), config, Arc::new(launcher.clone()), classifier).start()
+}
+
 /// A supervisor over `launcher`'s fakes whose every worker is ready.
 pub async fn start(config: ActorsConfig, launcher: &InMemoryLauncher) -> Addr<Supervisor> {
     start_with(config, launcher, WorkerFaults).await
@@ -43,7 +57,7 @@ pub async fn start_with(
     classifier: impl dspex_actors::ErrorClassifier,
 ) -> Addr<Supervisor> {
     let size = config.pool.size;
-    let sup = Supervisor::new("t".into(), config, Arc::new(launcher.clone()), classifier).start();
+    let sup = launch_with(config, launcher, classifier);
     sup.send(AwaitReady { min_ready: size })
         .await
         .unwrap()

@@ -1,10 +1,8 @@
 //! Graceful shutdown: running and queued requests finish, new ones are refused, every
 //! worker is stopped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use dspex_actors::ShutdownSystem;
 
 use crate::prelude::*;
@@ -77,13 +75,7 @@ async fn shutdown_while_workers_are_still_starting_stops_them_and_never_serves()
         "ping" => FakeAction::delay(Duration::from_millis(300), default_action(worker_id, req)),
         _ => default_action(worker_id, req),
     });
-    let sup = Supervisor::new(
-        "t".into(),
-        config(2),
-        Arc::new(launcher.clone()),
-        WorkerFaults,
-    )
-    .start();
+    let sup = launch(config(2), &launcher);
     let answer = send(&sup, |r| Execute::new(Call::new("echo", json!({})), r));
     sup.send(ShutdownSystem {
         graceful: Duration::from_millis(100),

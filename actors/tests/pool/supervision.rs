@@ -1,10 +1,8 @@
 //! The supervisor restarts a panicking PoolManager or SessionRegistry with its state,
 //! gives up past the restart intensity, and serves with the workers that could start.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
 use dspex_actors::session::{List, Track};
 use dspex_actors::{CrashTarget, InjectCrash, RunHealthCheck, ToRegistry};
 
@@ -102,13 +100,7 @@ async fn panics_past_the_restart_intensity_fail_the_system() {
 #[actix::test]
 async fn workers_that_cannot_start_fail_await_ready_with_the_cause() {
     let launcher = InMemoryLauncher::new().refuse_launch_when(|_| true);
-    let sup = Supervisor::new(
-        "t".into(),
-        config(2),
-        Arc::new(launcher.clone()),
-        WorkerFaults,
-    )
-    .start();
+    let sup = launch(config(2), &launcher);
     let err = sup
         .send(AwaitReady { min_ready: 1 })
         .await
@@ -122,13 +114,7 @@ async fn workers_that_cannot_start_fail_await_ready_with_the_cause() {
 async fn the_pool_serves_with_the_workers_that_started_and_says_why_the_others_did_not() {
     // Of four workers, every launch after the second fails (say, the process limit).
     let launcher = InMemoryLauncher::new().refuse_launch_when(|n| n >= 2);
-    let sup = Supervisor::new(
-        "t".into(),
-        config(4),
-        Arc::new(launcher.clone()),
-        WorkerFaults,
-    )
-    .start();
+    let sup = launch(config(4), &launcher);
     sup.send(AwaitReady { min_ready: 1 })
         .await
         .unwrap()

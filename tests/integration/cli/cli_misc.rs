@@ -2,6 +2,7 @@
 //! real Python workers (the shared managed venv).
 
 use super::prelude::*;
+use crate::common::site_packages;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -336,22 +337,6 @@ fn copy_of_the_shared_venv() -> (tempfile::TempDir, PathBuf) {
         .unwrap();
     assert!(status.success());
     (home, copy)
-}
-
-/// `<venv>/lib/pythonX.Y/site-packages`.
-fn site_packages(venv: &Path) -> PathBuf {
-    let lib = venv.join("lib");
-    let python = std::fs::read_dir(&lib)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("python")
-        })
-        .unwrap();
-    python.join("site-packages")
 }
 
 #[test]

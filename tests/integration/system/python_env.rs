@@ -19,6 +19,8 @@ use dspex::python_env::{
 };
 use tempfile::TempDir;
 
+use crate::common::site_packages;
+
 /// Everything `ensure` reported, by kind.
 #[derive(Debug, Default)]
 struct Recorded {
@@ -577,22 +579,6 @@ fn a_tampered_bridge_is_replaced_by_a_fresh_copy() {
     assert_eq!(entries, vec![bridge], "no staging or discarded copies left");
 }
 
-/// A file pip installed in `venv` (inside the `pip` package, present in any venv).
-fn pip_file(venv: &Path) -> PathBuf {
-    let lib = venv.join("lib");
-    let python = fs::read_dir(&lib)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("python")
-        })
-        .unwrap();
-    python.join("site-packages/pip/__init__.py")
-}
-
 #[test]
 fn verify_finds_a_deleted_package_file_and_rebuilds_the_venv() {
     use dspex::python_env::{check_venv_files, prepare, Action, Existing};
@@ -607,7 +593,8 @@ fn verify_finds_a_deleted_package_file_and_rebuilds_the_venv() {
         "{action:?}"
     );
 
-    let damaged = pip_file(env.venv.as_ref().unwrap());
+    // A file pip installed (inside the `pip` package, present in any venv).
+    let damaged = site_packages(env.venv.as_ref().unwrap()).join("pip/__init__.py");
     fs::remove_file(&damaged).unwrap();
     // The marker still says ready, so a plain start reuses it; the quick check finds it.
     let err = check_venv_files(&env).expect_err("a file is missing");
