@@ -56,8 +56,8 @@ class Admission:
         self.size = size
         self._clock = clock
         self.limit = size
-        self._cpu: Optional[float] = None
         self._observed = 0
+        self._cpu = 0.0
         self._wait = 0.0
         self._wall = 0.0
         self._last_finish = clock()
@@ -74,13 +74,12 @@ class Admission:
         self._last_finish = self._clock()
         cpu = max(cpu, 0.0)
         wait = max(wall - cpu * max(running, 1.0) - max(queued, 0.0), 0.0)
+        # The first request sets the averages; later ones move them.
+        weight = SMOOTHING if self._observed else 1.0
         self._observed += 1
-        if self._cpu is None:
-            self._cpu, self._wait, self._wall = cpu, wait, wall
-        else:
-            self._cpu += SMOOTHING * (cpu - self._cpu)
-            self._wait += SMOOTHING * (wait - self._wait)
-            self._wall += SMOOTHING * (wall - self._wall)
+        self._cpu += weight * (cpu - self._cpu)
+        self._wait += weight * (wait - self._wait)
+        self._wall += weight * (wall - self._wall)
         if self._observed < WARM_UP or self._cpu <= 0.0:
             self.limit = self.size
         else:
@@ -92,7 +91,6 @@ class Admission:
         if self.limit >= self.size or self._clock() - self._last_finish < self.patience:
             return False
         self.limit = self.size
-        self._cpu = None
         self._observed = 0
         self._last_finish = self._clock()
         return True

@@ -33,6 +33,7 @@ request's error response.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import importlib
 import logging
@@ -45,7 +46,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from . import protocol
 from .context import RequestContext, activate
@@ -256,23 +257,17 @@ class ResponseWriter:
         stream's ``OSError`` (``BrokenPipeError`` once the host closed it).
         """
         frame = protocol.encode_frame(payload, self._max_frame)
-        with self._lock:
-            if self._closed:
+        with self._writing() as open_:
+            if not open_:
                 return False
-            self._writer = threading.get_ident()
-            try:
-                self._stream.write(frame)
-                if defer and self._deferred < self.max_deferred:
-                    if not self._deferred:
-                        self._deferred_since = time.monotonic()
-                    self._deferred += 1
-                    self.held_back += 1
-                else:
-                    self._flush()
-            finally:
-                self._writer = None
-        if self.exit_after_frame and threading.get_ident() == self._main:
-            raise _Terminated()
+            self._stream.write(frame)
+            if defer and self._deferred < self.max_deferred:
+                if not self._deferred:
+                    self._deferred_since = time.monotonic()
+                self._deferred += 1
+                self.held_back += 1
+            else:
+                self._flush()
         return True
 
     def flush_due(self) -> Optional[float]:
@@ -290,15 +285,19 @@ class ResponseWriter:
         self._flush_held(due_only=False)
 
     def _flush_held(self, due_only: bool) -> None:
+        # Held-back frames are whole frames still to be written, like write()'s.
+        with self._writing() as open_:
+            if open_ and self._deferred and not (due_only and time.monotonic() < self._deferred_since + FLUSH_DELAY):
+                self._flush()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[bool]:
+        """Hold the lock as the thread writing frames (yields ``False`` once closed); then,
+        on the main thread, leave if a SIGTERM came in meanwhile."""
         with self._lock:
-            if not self._deferred or self._closed:
-                return
-            if due_only and time.monotonic() < self._deferred_since + FLUSH_DELAY:
-                return
-            # Held-back frames are whole frames still to be written, like write()'s.
             self._writer = threading.get_ident()
             try:
-                self._flush()
+                yield not self._closed
             finally:
                 self._writer = None
         if self.exit_after_frame and threading.get_ident() == self._main:

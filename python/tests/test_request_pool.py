@@ -50,48 +50,40 @@ class Recorder:
 # -- Admission -------------------------------------------------------------------------------
 
 
+def observed(admission: Admission, times: int, **request: float) -> Admission:
+    """``admission`` after ``times`` finished requests that each cost ``request``."""
+    for _ in range(times):
+        admission.observe(**request)
+    return admission
+
+
 def test_requests_that_only_compute_are_admitted_one_at_a_time() -> None:
     admission = Admission(8)
     assert admission.limit == 8
     # Eight at once, each 1 ms of CPU in 8 ms: taking turns, not waiting on anything.
-    for _ in range(WARM_UP - 1):
-        admission.observe(cpu=0.001, wall=0.008, running=8.0)
-    assert admission.limit == 8
-    admission.observe(cpu=0.001, wall=0.008, running=8.0)
-    assert admission.limit == 1
+    taking_turns = {"cpu": 0.001, "wall": 0.008, "running": 8.0}
+    assert observed(admission, WARM_UP - 1, **taking_turns).limit == 8
+    assert observed(admission, 1, **taking_turns).limit == 1
 
 
 def test_requests_that_wait_on_an_lm_use_every_slot() -> None:
-    admission = Admission(8)
-    for _ in range(10):
-        admission.observe(cpu=0.002, wall=0.3, running=8.0)
-    assert admission.limit == 8
+    assert observed(Admission(8), 10, cpu=0.002, wall=0.3, running=8.0).limit == 8
 
 
 def test_requests_that_wait_as_long_as_they_compute_run_two_at_once() -> None:
-    admission = Admission(8)
-    for _ in range(10):
-        admission.observe(cpu=0.010, wall=0.020, running=1.0)
-    assert admission.limit == 2
+    assert observed(Admission(8), 10, cpu=0.010, wall=0.020, running=1.0).limit == 2
 
 
 def test_time_lost_to_other_processes_is_not_taken_for_waiting() -> None:
-    admission = Admission(8)
     # Alone, 1 ms of CPU took 3 ms because the machine's other processes had the CPU.
-    for _ in range(10):
-        admission.observe(cpu=0.001, wall=0.003, running=1.0, queued=0.002)
-    assert admission.limit == 1
-    without_the_queue_time = Admission(8)
-    for _ in range(10):
-        without_the_queue_time.observe(cpu=0.001, wall=0.003, running=1.0)
-    assert without_the_queue_time.limit == 3
+    assert observed(Admission(8), 10, cpu=0.001, wall=0.003, running=1.0, queued=0.002).limit == 1
+    assert observed(Admission(8), 10, cpu=0.001, wall=0.003, running=1.0).limit == 3
 
 
 def test_a_closed_admission_opens_when_nothing_finishes_for_its_patience() -> None:
     now = [100.0]
-    admission = Admission(8, clock=lambda: now[0])
-    for _ in range(WARM_UP):
-        admission.observe(cpu=0.001, wall=0.001, running=1.0)
+    computing = {"cpu": 0.001, "wall": 0.001, "running": 1.0}
+    admission = observed(Admission(8, clock=lambda: now[0]), WARM_UP, **computing)
     assert admission.limit == 1
     assert admission.patience == MIN_PATIENCE
     now[0] += MIN_PATIENCE / 2
@@ -101,15 +93,11 @@ def test_a_closed_admission_opens_when_nothing_finishes_for_its_patience() -> No
     assert admission.stalled()
     assert admission.limit == 8
     # The averages start over, with a new warm-up.
-    for _ in range(WARM_UP - 1):
-        admission.observe(cpu=0.001, wall=0.001, running=1.0)
-    assert admission.limit == 8
+    assert observed(admission, WARM_UP - 1, **computing).limit == 8
 
 
 def test_patience_follows_how_long_requests_take() -> None:
-    admission = Admission(4)
-    for _ in range(20):
-        admission.observe(cpu=0.1, wall=0.1, running=1.0)
+    admission = observed(Admission(4), 20, cpu=0.1, wall=0.1, running=1.0)
     assert admission.patience == pytest.approx(0.4, rel=0.01)
 
 
