@@ -126,6 +126,36 @@ def test_a_backlog_of_requests_that_compute_runs_one_at_a_time() -> None:
     # open at first: see the test below for requests that wait).
     alone = sum(1 for company in recorder.company[40:] if company == 1)
     assert alone >= 36, recorder.company
+    # Of the seven idle threads, one kept time while the backlog waited.
+    assert pool.peak_watching == 1
+
+
+def test_a_request_that_blocks_inside_a_backlog_read_at_once_does_not_hold_it() -> None:
+    # Everything is queued before the pool has run anything, so the thread keeping time
+    # changes as threads leave for work; one must still be keeping time when "blocks" runs.
+    released = threading.Event()
+    finished: List[str] = []
+
+    def work(item: str) -> None:
+        if item == "blocks":
+            assert released.wait(30)
+        else:
+            compute(0.002)
+        finished.append(item)
+
+    pool = RequestPool(4, work)
+    items = [f"warm-{index}" for index in range(30)] + ["blocks"] + [f"after-{index}" for index in range(3)]
+    for item in items:
+        pool.submit(item)
+    deadline = time.monotonic() + 30
+    while len(finished) < 33 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "blocks" not in finished
+    assert sorted(finished[-3:]) == ["after-0", "after-1", "after-2"], finished
+    released.set()
+    pool.drain()
+    assert finished[-1] == "blocks"
+    assert pool.peak_watching == 1
 
 
 def test_requests_that_wait_run_on_every_slot() -> None:
@@ -167,6 +197,69 @@ def test_a_request_that_blocks_behind_a_closed_admission_does_not_hold_the_queue
     released.set()
     pool.drain()
     assert finished[-1] == "blocks"
+
+
+class ScriptedAdmission(Admission):
+    """An admission whose limit and patience the test sets; finished requests only count
+    as finished (for :meth:`Admission.stalled`)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.wait_for = 10.0
+
+    @property
+    def patience(self) -> float:
+        return self.wait_for
+
+    def observe(self, cpu: float, wall: float, running: float, queued: float = 0.0) -> None:
+        self._last_finish = time.monotonic()
+
+
+def test_the_thread_keeping_time_hands_over_when_it_leaves_for_work() -> None:
+    admission = ScriptedAdmission(3)
+    events = {name: threading.Event() for name in ("a", "b", "q1")}
+    warm_up = threading.Barrier(3, timeout=10)
+    finished: List[str] = []
+
+    def work(item: str) -> None:
+        if item in events:
+            assert events[item].wait(30)
+        elif item.startswith("w"):
+            warm_up.wait()  # three threads exist
+        finished.append(item)
+
+    def until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert condition()
+
+    pool = RequestPool(3, work, admission)
+    for item in ("w1", "w2", "w3"):
+        pool.submit(item)
+    pool.drain()
+    admission.limit = 2
+    pool.submit("a")
+    pool.submit("b")
+    until(lambda: pool._running == 2 and pool._idle == 1)
+    for item in ("q1", "q2", "q3"):
+        pool.submit(item)
+    # The idle thread keeps time; "b"'s thread, done, waits behind it without a timeout.
+    until(lambda: pool._watching == 1)
+    admission.limit = 1
+    events["b"].set()
+    until(lambda: pool._idle == 2)
+    # One more slot: the time keeper, first in line, leaves for "q1", which blocks too.
+    admission.wait_for = 0.05
+    admission.limit = 2
+    pool.submit("q4")
+    # With "a" and "q1" blocking, someone must still keep time: the queue opens.
+    until(lambda: sorted(finished[-3:]) == ["q2", "q3", "q4"])
+    assert "a" not in finished and "q1" not in finished
+    events["a"].set()
+    events["q1"].set()
+    pool.drain()
+    assert pool.peak_watching == 1
 
 
 def test_a_pool_thread_knows_whether_it_goes_on_to_a_queued_request() -> None:
