@@ -12,17 +12,22 @@ cost. For each finished request it knows the thread's CPU time ``cpu`` and its w
 ``wall``, and estimates the time it spent waiting on something other than the GIL as
 ``wait = wall - cpu * running``, where ``running`` is how many requests ran at once on
 average meanwhile (taking turns with them, a request that only computes takes about
-``cpu * running``). Time the thread spent waiting for a CPU held by other processes is
-not counted as waiting (:class:`ThreadClock`). Little's law then says how many requests keep
-one interpreter busy: ``1 + wait / cpu``. A request that waits 300 ms for 2 ms of Python
-allows all the slots; one that only computes allows one, and the rest wait in the queue,
-already read, so the running thread goes from one straight to the next without a hand-off.
+``cpu * running``). Time lost to the machine's other processes is not waiting: the
+thread's own wait for a CPU (``queued``, :class:`ThreadClock`) stretches its CPU time, and
+the others it took turns with are taken to have been stretched as much (while a thread that
+holds the GIL is preempted, the others wait for it), so ``wait = wall - (cpu + queued) *
+running``. Little's law then says how many requests keep one interpreter busy:
+``1 + wait / cpu``. A request that waits 300 ms for 2 ms of Python allows all the slots; one
+that only computes allows one, and the rest wait in the queue, already read, so the running
+thread goes from one straight to the next without a hand-off.
 
-The estimate is an average over recent requests (and waits for :data:`WARM_UP` of them), and
-the work can change character: when a run of fast requests is followed by one that blocks (a
-cache miss after cache hits), the requests queued behind it would wait for it. So when
-requests are queued, admission is closed and nothing has finished for
-:attr:`Admission.patience`, every slot opens again and the averages start over.
+The estimate is the median ``wait / cpu`` of the last :data:`WARM_UP` requests (and waits for
+that many), so a request that now and then loses the GIL to a preempted thread on a busy
+machine does not open admission. The work can change character: when a run of fast requests
+is followed by one that blocks (a cache miss after cache hits), the requests queued behind
+it would wait for it. So when requests are queued, admission is closed and nothing has
+finished for :attr:`Admission.patience`, every slot opens again and the estimate starts
+over.
 
 Threads whose work releases the GIL while it computes (native code such as a local model
 on several cores) are counted as computing; such programs are rare in DSPy, where the
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import os
+import statistics
 import threading
 import time
 from typing import Any, Callable, Deque, Optional, Tuple
@@ -57,9 +63,9 @@ class Admission:
         self._clock = clock
         self.limit = size
         self._observed = 0
-        self._cpu = 0.0
-        self._wait = 0.0
         self._wall = 0.0
+        #: Recent requests' waits, as multiples of their CPU time.
+        self._waits: Deque[float] = collections.deque(maxlen=WARM_UP)
         self._last_finish = clock()
 
     @property
@@ -73,17 +79,22 @@ class Admission:
         thread waited for a CPU the machine's other processes had."""
         self._last_finish = self._clock()
         cpu = max(cpu, 0.0)
-        wait = max(wall - cpu * max(running, 1.0) - max(queued, 0.0), 0.0)
-        # The first request sets the averages; later ones move them.
+        queued = max(queued, 0.0)
+        # Taking turns, each of the requests running at once stretched by the machine's
+        # other processes as much as this one was (a request thread holding the GIL can be
+        # preempted too, and the others then wait for it, not for a CPU).
+        wait = max(wall - (cpu + queued) * max(running, 1.0), 0.0)
+        # The first request sets the average; later ones move it.
         weight = SMOOTHING if self._observed else 1.0
         self._observed += 1
-        self._cpu += weight * (cpu - self._cpu)
-        self._wait += weight * (wait - self._wait)
         self._wall += weight * (wall - self._wall)
-        if self._observed < WARM_UP or self._cpu <= 0.0:
+        self._waits.append(wait / max(cpu, 1e-6))
+        if self._observed < WARM_UP:
             self.limit = self.size
         else:
-            self.limit = max(1, min(self.size, int(1.5 + self._wait / self._cpu)))
+            # The median of the recent requests: one that lost the GIL to a preempted
+            # thread once in a while does not open admission.
+            self.limit = max(1, min(self.size, int(1.5 + statistics.median(self._waits))))
 
     def stalled(self) -> bool:
         """Called when queued work found admission closed for a while: opens every slot
@@ -92,6 +103,7 @@ class Admission:
             return False
         self.limit = self.size
         self._observed = 0
+        self._waits.clear()
         self._last_finish = self._clock()
         return True
 

@@ -80,6 +80,24 @@ def test_time_lost_to_other_processes_is_not_taken_for_waiting() -> None:
     assert observed(Admission(8), 10, cpu=0.001, wall=0.003, running=1.0).limit == 3
 
 
+def test_requests_taking_turns_on_a_busy_machine_are_not_taken_for_waiting() -> None:
+    # Two at once, each 1 ms of CPU and 1 ms waiting for a CPU: the other one, holding the
+    # GIL, was preempted as often, so 4 ms of wall is all turn-taking.
+    busy = {"cpu": 0.001, "wall": 0.004, "running": 2.0, "queued": 0.001}
+    assert observed(Admission(8), 10, **busy).limit == 1
+
+
+def test_a_request_that_lost_the_gil_for_a_while_does_not_open_admission() -> None:
+    computing = {"cpu": 0.002, "wall": 0.002, "running": 1.0}
+    admission = observed(Admission(8), 20, **computing)
+    # Once in a while a request waits 17 times its CPU time for a preempted thread.
+    for _ in range(3):
+        assert observed(admission, 1, cpu=0.002, wall=0.036, running=1.0).limit == 1
+        assert observed(admission, 4, **computing).limit == 1
+    # When most recent requests wait, that is their character: admission opens.
+    assert observed(admission, 5, cpu=0.002, wall=0.036, running=1.0).limit == 8
+
+
 def test_a_closed_admission_opens_when_nothing_finishes_for_its_patience() -> None:
     now = [100.0]
     computing = {"cpu": 0.001, "wall": 0.001, "running": 1.0}
