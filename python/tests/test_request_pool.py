@@ -8,6 +8,7 @@ compute (a busy loop on the thread's CPU clock) or wait (a sleep, an event); the
 from __future__ import annotations
 
 import os
+import random
 import select
 import threading
 import time
@@ -278,6 +279,42 @@ def test_the_thread_keeping_time_hands_over_when_it_leaves_for_work() -> None:
     events["q1"].set()
     pool.drain()
     assert pool.peak_watching == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_whatever_the_mix_requests_that_do_not_block_finish_while_others_block(seed: int) -> None:
+    # A random mix of requests that compute, sleep or block (fewer blockers than threads),
+    # submitted in bursts: every request that does not block finishes while the blockers
+    # still block, and one thread at most keeps time.
+    rnd = random.Random(seed)
+    size = rnd.choice([2, 3, 4, 8])
+    blockers = {index: threading.Event() for index in rnd.sample(range(40), size - 1)}
+    finished: List[int] = []
+
+    def work(index: int) -> None:
+        if index in blockers:
+            assert blockers[index].wait(30)
+        elif index % 3:
+            compute(rnd.choice([0.0005, 0.002]))
+        else:
+            time.sleep(rnd.choice([0.001, 0.01]))
+        finished.append(index)
+
+    pool = RequestPool(size, work)
+    submitted = 40 + rnd.randint(0, 60)
+    for index in range(submitted):
+        pool.submit(index)
+        if rnd.random() < 0.2:
+            time.sleep(rnd.choice([0.0, 0.002, 0.02]))
+    others = set(range(submitted)) - set(blockers)
+    deadline = time.monotonic() + 20
+    while len(finished) < len(others) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(finished) == sorted(others)
+    for event in blockers.values():
+        event.set()
+    pool.drain()
+    assert pool.peak_watching <= 1
 
 
 def test_a_pool_thread_knows_whether_it_goes_on_to_a_queued_request() -> None:
