@@ -12,7 +12,7 @@ import random
 import select
 import threading
 import time
-from typing import List
+from typing import Callable, List
 
 import pytest
 
@@ -46,6 +46,28 @@ class Recorder:
         finally:
             with self._lock:
                 self._running -= 1
+
+
+def until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; whether it holds."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return condition()
+
+
+def blocks_on(released: threading.Event, finished: List[str]) -> Callable[[str], None]:
+    """A pool's ``run``: "blocks" waits for ``released``, anything else computes for 2 ms;
+    each item is recorded in ``finished`` when it is done."""
+
+    def work(item: str) -> None:
+        if item == "blocks":
+            assert released.wait(30)
+        else:
+            compute(0.002)
+        finished.append(item)
+
+    return work
 
 
 # -- Admission -------------------------------------------------------------------------------
@@ -154,21 +176,11 @@ def test_a_request_that_blocks_inside_a_backlog_read_at_once_does_not_hold_it() 
     # changes as threads leave for work; one must still be keeping time when "blocks" runs.
     released = threading.Event()
     finished: List[str] = []
-
-    def work(item: str) -> None:
-        if item == "blocks":
-            assert released.wait(30)
-        else:
-            compute(0.002)
-        finished.append(item)
-
-    pool = RequestPool(4, work)
+    pool = RequestPool(4, blocks_on(released, finished))
     items = [f"warm-{index}" for index in range(30)] + ["blocks"] + [f"after-{index}" for index in range(3)]
     for item in items:
         pool.submit(item)
-    deadline = time.monotonic() + 30
-    while len(finished) < 33 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: len(finished) >= 33)
     assert "blocks" not in finished
     assert sorted(finished[-3:]) == ["after-0", "after-1", "after-2"], finished
     released.set()
@@ -191,27 +203,16 @@ def test_requests_that_wait_run_on_every_slot() -> None:
 def test_a_request_that_blocks_behind_a_closed_admission_does_not_hold_the_queue() -> None:
     released = threading.Event()
     finished: List[str] = []
-
-    def work(item: str) -> None:
-        if item == "blocks":
-            assert released.wait(30)
-        elif item.startswith("warm"):
-            compute(0.002)
-        finished.append(item)
-
-    pool = RequestPool(4, work)
+    pool = RequestPool(4, blocks_on(released, finished))
     for index in range(20):
         pool.submit(f"warm-{index}")
-    deadline = time.monotonic() + 30
-    while len(finished) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: len(finished) >= 20)
     assert pool.admission.limit == 1
     pool.submit("blocks")
     for index in range(3):
         pool.submit(f"after-{index}")
     # The three behind the blocked one finish while it still blocks: the pool opened.
-    while len(finished) < 23 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: len(finished) >= 23)
     assert sorted(finished[20:]) == ["after-0", "after-1", "after-2"]
     released.set()
     pool.drain()
@@ -247,12 +248,6 @@ def test_the_thread_keeping_time_hands_over_when_it_leaves_for_work() -> None:
             warm_up.wait()  # three threads exist
         finished.append(item)
 
-    def until(condition) -> None:
-        deadline = time.monotonic() + 10
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert condition()
-
     pool = RequestPool(3, work, admission)
     for item in ("w1", "w2", "w3"):
         pool.submit(item)
@@ -260,20 +255,20 @@ def test_the_thread_keeping_time_hands_over_when_it_leaves_for_work() -> None:
     admission.limit = 2
     pool.submit("a")
     pool.submit("b")
-    until(lambda: pool._running == 2 and pool._idle == 1)
+    assert until(lambda: pool._running == 2 and pool._idle == 1, seconds=10)
     for item in ("q1", "q2", "q3"):
         pool.submit(item)
     # The idle thread keeps time; "b"'s thread, done, waits behind it without a timeout.
-    until(lambda: pool._watching == 1)
+    assert until(lambda: pool._watching == 1, seconds=10)
     admission.limit = 1
     events["b"].set()
-    until(lambda: pool._idle == 2)
+    assert until(lambda: pool._idle == 2, seconds=10)
     # One more slot: the time keeper, first in line, leaves for "q1", which blocks too.
     admission.wait_for = 0.05
     admission.limit = 2
     pool.submit("q4")
     # With "a" and "q1" blocking, someone must still keep time: the queue opens.
-    until(lambda: sorted(finished[-3:]) == ["q2", "q3", "q4"])
+    assert until(lambda: sorted(finished[-3:]) == ["q2", "q3", "q4"], seconds=10)
     assert "a" not in finished and "q1" not in finished
     events["a"].set()
     events["q1"].set()
@@ -307,9 +302,7 @@ def test_whatever_the_mix_requests_that_do_not_block_finish_while_others_block(s
         if rnd.random() < 0.2:
             time.sleep(rnd.choice([0.0, 0.002, 0.02]))
     others = set(range(submitted)) - set(blockers)
-    deadline = time.monotonic() + 20
-    while len(finished) < len(others) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: len(finished) >= len(others), seconds=20)
     assert sorted(finished) == sorted(others)
     for event in blockers.values():
         event.set()
