@@ -184,10 +184,7 @@ class RequestPool:
                 # Admission is closed: the running threads take the queue in turn. One
                 # waiting thread keeps time, so a request that blocks cannot hold the
                 # queue for ever (Admission.stalled).
-                if self._idle:
-                    self._work.notify()
-                else:
-                    self._start_thread()
+                self._offer()
 
     def outstanding(self) -> int:
         """Requests accepted and not yet finished (queued or running)."""
@@ -215,7 +212,8 @@ class RequestPool:
         return now
 
     def _offer(self) -> None:
-        """Under the lock, with admitted work queued: get one more thread to it."""
+        """Under the lock, with work queued: get one more thread to it (to run it if it is
+        admitted, else to keep time), an idle one if there is one."""
         if self._idle:
             self._work.notify()
         else:
@@ -254,11 +252,6 @@ class RequestPool:
             if not woken and not self._admitted() and self.admission.stalled():
                 self._work.notify_all()
         self._idle -= 1
-        if self._idle and not self._watching and len(self._queue) > 1 and self._running + 1 >= self.admission.limit:
-            # This thread takes one request and leaves the rest behind a closed admission
-            # with nobody keeping time (it may have been the time keeper): an idle thread
-            # takes over.
-            self._work.notify()
 
     def _serve(self) -> None:
         clock = ThreadClock()
@@ -270,7 +263,10 @@ class RequestPool:
                 load = self._load
                 self._running += 1
                 self.peak_running = max(self.peak_running, self._running)
-                if self._admitted():
+                if self._queue and (self._admitted() or not self._watching):
+                    # More is queued: another thread runs it, or, behind a closed admission
+                    # nobody keeps time for (this thread may have been the time keeper),
+                    # takes over keeping time.
                     self._offer()
             started_cpu, started_queued = clock.read()
             try:
