@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,7 @@ DEFINITION = {
 
 def frame(request_id, command, args):
     body = json.dumps({"id": request_id, "command": command, "args": args, "timestamp": "2026-01-01T00:00:00Z"})
-    data = body.encode()
-    return struct.pack(">I", len(data)) + data
+    return protocol.encode_frame(body.encode())
 
 
 def write_requests(path, rows):
@@ -90,15 +88,12 @@ def worker_cpu(python, bridge, requests, responses, concurrency):
 
 
 def check_answers(responses, rows):
+    count = 0
     with open(responses, "rb") as stream:
-        data = stream.read()
-    count, offset = 0, 0
-    while offset < len(data):
-        (length,) = struct.unpack_from(">I", data, offset)
-        reply = json.loads(data[offset + 4 : offset + 4 + length])
-        offset += 4 + length
-        assert reply["success"], reply
-        count += 1
+        while (payload := protocol.read_frame(stream)) is not None:
+            reply = json.loads(payload)
+            assert reply["success"], reply
+            count += 1
     assert count == rows + 1, f"{count} answers for {rows} rows and a ping"
 
 
@@ -117,6 +112,10 @@ def main():
     args = parser.parse_args()
     python, bridge = setup_paths(args.dspex)
     bridges = args.bridge or [bridge]
+    # The frames are the bridge's own (stdlib only, so this interpreter can import it).
+    global protocol
+    sys.path.insert(0, bridges[0])
+    from dspex_bridge import protocol
     with tempfile.TemporaryDirectory() as tmp:
         empty, full, responses = (os.path.join(tmp, name) for name in ("empty.bin", "full.bin", "out.bin"))
         write_requests(empty, 0)
