@@ -100,6 +100,11 @@ impl RunProgress {
         self.failed
     }
 
+    /// Rows this run ran: a resume's kept rows took none of its time.
+    fn run_now(&self) -> u64 {
+        self.ok + self.failed - self.kept
+    }
+
     fn counts(&self) -> String {
         let elapsed = self.elapsed();
         format!(
@@ -107,7 +112,7 @@ impl RunProgress {
             self.ok + self.failed,
             self.ok,
             self.failed,
-            rate(self.ok + self.failed, elapsed)
+            rate(self.run_now(), elapsed)
         )
     }
 
@@ -144,14 +149,25 @@ impl RunProgress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let elapsed = self.elapsed();
-        let rows = self.ok + self.failed;
+        let cpu = if report_cpu { own_cpu_time() } else { None };
+        note(self.summary(self.elapsed(), stopped_by, cpu));
+    }
+
+    /// The summary line. Rows/s and CPU per row are over the rows run now (not the rows a
+    /// resume kept), so a resumed run reports the speed it ran at.
+    fn summary(
+        &self,
+        elapsed: Duration,
+        stopped_by: Option<&str>,
+        cpu: Option<(Duration, Duration)>,
+    ) -> String {
+        let run_now = self.run_now();
         let mut line = format!(
             "dspex: {} rows ok, {} failed in {:.2}s ({:.1} rows/s; start-up {:.2}s before that)",
             self.ok,
             self.failed,
             elapsed.as_secs_f64(),
-            rate(rows, elapsed),
+            rate(run_now, elapsed),
             self.startup.as_secs_f64()
         );
         if self.kept > 0 {
@@ -165,22 +181,20 @@ impl RunProgress {
                 "; stopped by {signal}, output covers the rows read"
             ));
         }
-        if report_cpu {
-            if let Some((user, system)) = own_cpu_time() {
-                let total = user + system;
-                line.push_str(&format!(
-                    "; cpu {:.3}s user + {:.3}s sys = {:.3} ms/row",
-                    user.as_secs_f64(),
-                    system.as_secs_f64(),
-                    if rows == 0 {
-                        0.0
-                    } else {
-                        total.as_secs_f64() * 1000.0 / rows as f64
-                    }
-                ));
-            }
+        if let Some((user, system)) = cpu {
+            let total = user + system;
+            line.push_str(&format!(
+                "; cpu {:.3}s user + {:.3}s sys = {:.3} ms/row",
+                user.as_secs_f64(),
+                system.as_secs_f64(),
+                if run_now == 0 {
+                    0.0
+                } else {
+                    total.as_secs_f64() * 1000.0 / run_now as f64
+                }
+            ));
         }
-        note(line);
+        line
     }
 }
 
@@ -234,6 +248,30 @@ mod tests {
         p.row_written(true, Some(30));
         assert_eq!((p.ok(), p.failed()), (2, 1));
         assert!(p.counts().starts_with("3 rows (2 ok, 1 failed)"));
+    }
+
+    #[test]
+    fn a_resume_reports_the_rate_and_cpu_of_the_rows_it_ran_not_of_those_it_kept() {
+        let mut p = RunProgress::new(false, None, Duration::ZERO);
+        for _ in 0..3 {
+            p.row_kept(true, None);
+        }
+        p.row_kept(false, None);
+        p.row_written(true, None);
+        p.row_written(false, None);
+        let cpu = Some((Duration::from_millis(300), Duration::from_millis(100)));
+        let line = p.summary(Duration::from_secs(4), None, cpu);
+        assert!(
+            line.starts_with("dspex: 4 rows ok, 2 failed in 4.00s (0.5 rows/s;"),
+            "{line}"
+        );
+        assert!(line.contains("; 4 rows kept from before"), "{line}");
+        assert!(line.ends_with("= 200.000 ms/row"), "{line}");
+        assert!(
+            p.counts().starts_with("6 rows (4 ok, 2 failed), "),
+            "{}",
+            p.counts()
+        );
     }
 
     #[test]
