@@ -20,6 +20,7 @@ pub mod resume;
 pub(super) mod rows;
 mod run_loop;
 pub mod sidecar;
+mod streak;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -77,7 +78,8 @@ on SIGINT, 143 on SIGTERM, 141 when the reader of standard output goes away (`| 
 On SIGINT/SIGTERM no more rows are read, rows in flight get shutdown.graceful_timeout to
 finish (a second signal stops waiting), the rest are written as \"shutting_down\".
 A summary line goes to stderr at the end (with token totals); --report-cpu adds
-dspex's own CPU time.";
+dspex's own CPU time. When 10 rows in a row fail with the same error (an LM that cannot
+be reached, a wrong key), stderr says so once; the run goes on.";
 
 /// Flags of `dspex run`.
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ use super::reorder::Reorder;
 use super::resume::{Kept, KeptLines};
 use super::rows::{self, Id, RowError};
 use super::sidecar::Shard;
+use super::streak::FailureStreak;
 use super::Signals;
 use crate::cli::source::{RowOutput, Runner};
 use crate::cli::{CliError, Outcome, Signal};
@@ -109,6 +110,8 @@ pub struct RunLoop<'a> {
     reorder: Reorder<Finished>,
     writer: Writer,
     progress: RunProgress,
+    /// Rows failing alike, to tell the user (see [`FailureStreak`]).
+    streak: FailureStreak,
     /// The index the next non-blank input line gets.
     next_index: u64,
 }
@@ -138,6 +141,7 @@ impl<'a> RunLoop<'a> {
             reorder: Reorder::new(first, step),
             writer,
             progress,
+            streak: FailureStreak::default(),
             next_index: 0,
         }
     }
@@ -294,19 +298,24 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
+    /// The output line of a row that failed, telling the user once rows keep failing alike.
+    fn failed(&mut self, index: u64, id: &Id, error: RowError) -> String {
+        if let Some(note) = self.streak.failed(&error.kind, &error.message) {
+            self.progress.note(&note);
+        }
+        rows::render(index, id, &Err(error))
+    }
+
     /// The one place a row finishes: its output line is made and queued in input order.
     fn finish(&mut self, index: u64, id: &Id, end_offset: u64, done: Done) {
         let (line, ok, kept) = match done {
             Done::Ran(Ok(output)) => {
                 self.progress.add_usage(&output.usage);
+                self.streak.ok();
                 (rows::render(index, id, &Ok(output)), true, false)
             }
-            Done::Ran(Err(e)) => (
-                rows::render(index, id, &Err(RowError::from(&e))),
-                false,
-                false,
-            ),
-            Done::Rejected(error) => (rows::render(index, id, &Err(error)), false, false),
+            Done::Ran(Err(e)) => (self.failed(index, id, RowError::from(&e)), false, false),
+            Done::Rejected(error) => (self.failed(index, id, error), false, false),
             Done::TooLong { line } => (
                 rows::too_long(index, line, self.max_line_bytes),
                 false,

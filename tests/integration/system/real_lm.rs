@@ -158,6 +158,32 @@ fn a_run_against_an_endpoint_that_refuses_above_4_calls_loses_no_row() {
 }
 
 #[test]
+fn a_run_whose_rows_all_fail_alike_says_so_once_and_still_writes_every_row() {
+    let server = LmServer::start(&["--delay", "0.01"]);
+    server.control(json!({"default": "500"}));
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, code, stderr) = cli_run(dir.path(), &config_text(&server, ""), 25, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(lines.len(), 25);
+    assert!(
+        lines.iter().all(|l| l["error"]["kind"] == "lm"),
+        "{lines:?}"
+    );
+    // Each row made its call and num_retries = 2 retries: the run went on to the end.
+    assert_eq!(server.stats()["calls"], 75, "{}", server.stats());
+    let told: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("rows all failed the same way"))
+        .collect();
+    assert_eq!(told.len(), 1, "{stderr}");
+    assert!(
+        told[0].contains("the last 10 rows all failed the same way (lm: "),
+        "{stderr}"
+    );
+    assert!(told[0].contains("--resume --retry-failed"), "{stderr}");
+}
+
+#[test]
 fn a_disk_cache_makes_a_second_identical_run_call_nothing() {
     let server = LmServer::start(&["--delay", "0.01"]);
     let dir = tempfile::tempdir().unwrap();
