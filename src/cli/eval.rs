@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::dataset::{self, Line};
 use super::run::input::Identity;
 use super::run::output::Target;
+use super::run::streak::FailureStreak;
 use super::run::{RowError, Window};
 use super::source::{RowArgs, Runner, SourceArgs, SourcePlan};
 use super::{note, CliError, ConfigArgs, Outcome, WorkerArgs};
@@ -139,6 +140,8 @@ struct Scored {
     score: Option<f64>,
     line: String,
     usage: Usage,
+    /// Why it failed: kind and message.
+    failure: Option<(String, String)>,
 }
 
 struct Summary {
@@ -189,9 +192,19 @@ async fn score(
         usage: Usage::default(),
         rows_per_second: 0.0,
     };
+    let mut streak =
+        FailureStreak::new("if the rest will too, stop with Ctrl-C and fix the cause first");
     while let Some(row) = scored.next().await {
         out.line(&row.line);
         out.flush().map_err(|e| out.error(e))?;
+        match &row.failure {
+            None => streak.ok(),
+            Some((kind, message)) => {
+                if let Some(told) = streak.failed(kind, message) {
+                    note(told);
+                }
+            }
+        }
         summary.failed += usize::from(row.score.is_none());
         summary.scores.push(row.score);
         summary.usage.add(&row.usage);
@@ -224,7 +237,7 @@ async fn score_row(
             },
         },
     };
-    let (line, score, usage) = match result {
+    let (line, score, usage, failure) = match result {
         Ok(scored) => {
             let usage = scored.prediction.usage;
             let text = render(OutputLine {
@@ -235,9 +248,10 @@ async fn score_row(
                 usage: (!usage.is_empty()).then(|| usage.total()),
                 error: None,
             });
-            (text, Some(scored.score), usage)
+            (text, Some(scored.score), usage, None)
         }
         Err(error) => {
+            let failure = Some((error.kind.clone(), error.message.clone()));
             let text = render(OutputLine {
                 index,
                 id: &line.id,
@@ -246,10 +260,15 @@ async fn score_row(
                 usage: None,
                 error: Some(error),
             });
-            (text, None, Usage::default())
+            (text, None, Usage::default(), failure)
         }
     };
-    Scored { score, line, usage }
+    Scored {
+        score,
+        line,
+        usage,
+        failure,
+    }
 }
 
 fn render(line: OutputLine<'_>) -> String {

@@ -20,7 +20,7 @@ pub mod resume;
 pub(super) mod rows;
 mod run_loop;
 pub mod sidecar;
-mod streak;
+pub(super) mod streak;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -27,7 +27,7 @@ use super::reorder::Reorder;
 use super::resume::{Kept, KeptLines};
 use super::rows::{self, Id, RowError};
 use super::sidecar::Shard;
-use super::streak::FailureStreak;
+use super::streak::{FailureStreak, RUN_ADVICE};
 use super::Signals;
 use crate::cli::source::{RowOutput, Runner};
 use crate::cli::{CliError, Outcome, Signal};
@@ -141,7 +141,7 @@ impl<'a> RunLoop<'a> {
             reorder: Reorder::new(first, step),
             writer,
             progress,
-            streak: FailureStreak::default(),
+            streak: FailureStreak::new(RUN_ADVICE),
             next_index: 0,
         }
     }

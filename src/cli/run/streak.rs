@@ -1,4 +1,4 @@
-//! Noticing that rows keep failing the same way.
+//! Noticing that rows keep failing the same way (`dspex run` and `dspex eval`).
 //!
 //! A run against an LM that cannot be reached, a key that is wrong or a dataset whose
 //! fields do not match the signature fails every row, each after its own retries: tens of
@@ -10,15 +10,30 @@
 /// How many rows in a row must fail alike before the user is told.
 pub const SAME_FAILURES: u32 = 10;
 
+/// What `dspex run` tells: a resume keeps the rows done.
+pub const RUN_ADVICE: &str = "if the rest will too, stop with Ctrl-C, fix the cause and run \
+    again (with an output file, --resume --retry-failed keeps the rows already done)";
+
 /// The current run of rows that failed alike.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailureStreak {
+    /// What the note tells the user to do.
+    advice: &'static str,
     last: Option<(String, String)>,
     count: u32,
     told: bool,
 }
 
 impl FailureStreak {
+    pub fn new(advice: &'static str) -> Self {
+        FailureStreak {
+            advice,
+            last: None,
+            count: 0,
+            told: false,
+        }
+    }
+
     /// A row succeeded: the streak is broken.
     pub fn ok(&mut self) {
         self.last = None;
@@ -43,9 +58,8 @@ impl FailureStreak {
         }
         self.told = true;
         Some(format!(
-            "dspex: the last {SAME_FAILURES} rows all failed the same way ({kind}: {message}); \
-             if the rest will too, stop with Ctrl-C, fix the cause and run again \
-             (with an output file, --resume --retry-failed keeps the rows already done)"
+            "dspex: the last {SAME_FAILURES} rows all failed the same way ({kind}: {message}); {}",
+            self.advice
         ))
     }
 }
@@ -56,7 +70,7 @@ mod tests {
 
     #[test]
     fn the_tenth_alike_failure_in_a_row_is_told_once() {
-        let mut streak = FailureStreak::default();
+        let mut streak = FailureStreak::new(RUN_ADVICE);
         for _ in 1..SAME_FAILURES {
             assert_eq!(streak.failed("lm", "connection refused"), None);
         }
@@ -73,7 +87,7 @@ mod tests {
 
     #[test]
     fn a_success_or_another_failure_starts_the_count_again() {
-        let mut streak = FailureStreak::default();
+        let mut streak = FailureStreak::new(RUN_ADVICE);
         for _ in 1..SAME_FAILURES {
             streak.failed("lm", "connection refused");
         }

@@ -479,6 +479,54 @@ fn a_row_at_fault_fails_alone_in_run_and_eval() {
 }
 
 #[test]
+fn rows_failing_alike_are_told_once_in_run_and_eval_and_every_row_is_still_written() {
+    let (dir, _trace) = workspace(1);
+    let input = dir.path().join("in.jsonl");
+    // Nine alike, one ok (the count starts again there), then twelve alike: in whatever
+    // order rows complete, ten in a row fail alike somewhere, and the note comes once.
+    let rows: Vec<Value> = (0..9)
+        .map(|_| json!({"question": "please explode now", "topic": "x"}))
+        .chain([json!({"question": "About bees?", "topic": "bees"})])
+        .chain((0..12).map(|_| json!({"question": "please explode now", "topic": "x"})))
+        .collect();
+    std::fs::write(
+        &input,
+        rows.iter().map(|v| format!("{v}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let program = "dspex_test_programs:Fragile";
+    for (args, advice) in [
+        (vec!["run", "--program", program], "--resume --retry-failed"),
+        (
+            vec!["eval", "--program", program, "--metric", METRIC, "--devset"],
+            "fix the cause first",
+        ),
+    ] {
+        let mut command = dspex(dir.path());
+        command.args(&args);
+        if args[0] == "run" {
+            command.arg("--input");
+        }
+        let out = command.arg(&input).assert().code(1).get_output().clone();
+        let lines = stdout_lines(&out);
+        assert_eq!(lines.len(), 22, "{args:?}");
+        assert_eq!(lines[9]["error"], Value::Null, "{args:?}");
+        let stderr = stderr_of(&out);
+        let told: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("rows all failed the same way"))
+            .collect();
+        assert_eq!(told.len(), 1, "{args:?}: {stderr}");
+        assert!(
+            told[0].contains("the last 10 rows all failed the same way (python: ")
+                && told[0].contains("cannot answer 'please explode now'")
+                && told[0].contains(advice),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn run_command_drives_a_user_command_with_each_row_as_its_args() {
     let dir = tempfile::tempdir().unwrap();
     let handlers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/handlers");
