@@ -140,7 +140,7 @@ struct Scored {
     score: Option<f64>,
     line: String,
     usage: Usage,
-    /// Why it failed: kind and message.
+    /// Why it failed when it ran: kind and message.
     failure: Option<(String, String)>,
 }
 
@@ -197,13 +197,14 @@ async fn score(
     while let Some(row) = scored.next().await {
         out.line(&row.line);
         out.flush().map_err(|e| out.error(e))?;
-        match &row.failure {
-            None => streak.ok(),
-            Some((kind, message)) => {
+        match (&row.failure, row.score) {
+            (Some((kind, message)), _) => {
                 if let Some(told) = streak.failed(kind, message) {
                     note(told);
                 }
             }
+            (None, Some(_)) => streak.ok(),
+            (None, None) => {}
         }
         summary.failed += usize::from(row.score.is_none());
         summary.scores.push(row.score);
@@ -221,6 +222,9 @@ async fn score_row(
     index: usize,
     line: Line,
 ) -> Scored {
+    // Why the row failed when it ran (kind, message); a row rejected before it could run
+    // says nothing about the runs of the others.
+    let mut failure = None;
     let result = match line.row {
         Err(error) => Err(error),
         Ok(row) => match runner.row(row) {
@@ -232,12 +236,16 @@ async fn score_row(
                 RowArgs::Program(inputs) => program
                     .score(inputs, input.labels, metric)
                     .await
-                    .map_err(|e| RowError::from(&e)),
+                    .map_err(|e| {
+                        let error = RowError::from(&e);
+                        failure = Some((error.kind.clone(), error.message.clone()));
+                        error
+                    }),
                 RowArgs::Command(_) => unreachable!("eval runs programs only"),
             },
         },
     };
-    let (line, score, usage, failure) = match result {
+    let (line, score, usage) = match result {
         Ok(scored) => {
             let usage = scored.prediction.usage;
             let text = render(OutputLine {
@@ -248,10 +256,9 @@ async fn score_row(
                 usage: (!usage.is_empty()).then(|| usage.total()),
                 error: None,
             });
-            (text, Some(scored.score), usage, None)
+            (text, Some(scored.score), usage)
         }
         Err(error) => {
-            let failure = Some((error.kind.clone(), error.message.clone()));
             let text = render(OutputLine {
                 index,
                 id: &line.id,
@@ -260,7 +267,7 @@ async fn score_row(
                 usage: None,
                 error: Some(error),
             });
-            (text, None, Usage::default(), failure)
+            (text, None, Usage::default())
         }
     };
     Scored {

@@ -298,7 +298,8 @@ impl<'a> RunLoop<'a> {
         Ok(())
     }
 
-    /// The output line of a row that failed, telling the user once rows keep failing alike.
+    /// The output line of a row that ran and failed, telling the user once rows keep failing
+    /// alike.
     fn failed(&mut self, index: u64, id: &Id, error: RowError) -> String {
         if let Some(note) = self.streak.failed(&error.kind, &error.message) {
             self.progress.note(&note);
@@ -315,7 +316,8 @@ impl<'a> RunLoop<'a> {
                 (rows::render(index, id, &Ok(output)), true, false)
             }
             Done::Ran(Err(e)) => (self.failed(index, id, RowError::from(&e)), false, false),
-            Done::Rejected(error) => (self.failed(index, id, error), false, false),
+            // A row rejected before it ran says nothing about how the others run.
+            Done::Rejected(error) => (rows::render(index, id, &Err(error)), false, false),
             Done::TooLong { line } => (
                 rows::too_long(index, line, self.max_line_bytes),
                 false,

@@ -1,11 +1,12 @@
 //! Noticing that rows keep failing the same way (`dspex run` and `dspex eval`).
 //!
-//! A run against an LM that cannot be reached, a key that is wrong or a dataset whose
-//! fields do not match the signature fails every row, each after its own retries: tens of
-//! thousands of rows can take an hour to fail. The run goes on (a row's failure is that
-//! row's), but once [`SAME_FAILURES`] rows in a row have failed with the same kind and
-//! message, the user is told once what is happening and how to finish later without
-//! losing the rows done.
+//! A run against an LM that cannot be reached, with a key that is wrong or a program that
+//! always raises fails every row, each after its own retries: tens of thousands of rows can
+//! take an hour to fail. The run goes on (a row's failure is that row's), but once
+//! [`SAME_FAILURES`] rows in a row have run and failed with the same kind and message, the
+//! user is told once what is happening and how to finish later without losing the rows
+//! done. Rows rejected before they run (bad JSON, a missing input) fail at once, name their
+//! line, and neither count nor break the count.
 
 /// How many rows in a row must fail alike before the user is told.
 pub const SAME_FAILURES: u32 = 10;

@@ -482,12 +482,17 @@ fn a_row_at_fault_fails_alone_in_run_and_eval() {
 fn rows_failing_alike_are_told_once_in_run_and_eval_and_every_row_is_still_written() {
     let (dir, _trace) = workspace(1);
     let input = dir.path().join("in.jsonl");
-    // Nine alike, one ok (the count starts again there), then twelve alike: in whatever
-    // order rows complete, ten in a row fail alike somewhere, and the note comes once.
+    // Nine alike, one ok (the count starts again there), then ten alike with a row missing
+    // its input among them: that row is rejected before it runs and neither counts nor
+    // breaks the count. In whatever order rows complete, ten that ran fail alike in a row
+    // (19 around one ok row), and the note comes once.
+    let explode = || json!({"question": "please explode now", "topic": "x"});
     let rows: Vec<Value> = (0..9)
-        .map(|_| json!({"question": "please explode now", "topic": "x"}))
+        .map(|_| explode())
         .chain([json!({"question": "About bees?", "topic": "bees"})])
-        .chain((0..12).map(|_| json!({"question": "please explode now", "topic": "x"})))
+        .chain((0..5).map(|_| explode()))
+        .chain([json!({"topic": "no question"})])
+        .chain((0..5).map(|_| explode()))
         .collect();
     std::fs::write(
         &input,
@@ -509,8 +514,9 @@ fn rows_failing_alike_are_told_once_in_run_and_eval_and_every_row_is_still_writt
         }
         let out = command.arg(&input).assert().code(1).get_output().clone();
         let lines = stdout_lines(&out);
-        assert_eq!(lines.len(), 22, "{args:?}");
+        assert_eq!(lines.len(), 21, "{args:?}");
         assert_eq!(lines[9]["error"], Value::Null, "{args:?}");
+        assert_eq!(lines[15]["error"]["kind"], "validation", "{args:?}");
         let stderr = stderr_of(&out);
         let told: Vec<&str> = stderr
             .lines()
