@@ -68,6 +68,14 @@ pub async fn start_generic_with(config: Config) -> System {
         .expect("generic system starts")
 }
 
+/// The lines of a run's or eval's stderr that say rows keep failing alike.
+pub fn alike_failure_notes(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("rows all failed the same way"))
+        .collect()
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

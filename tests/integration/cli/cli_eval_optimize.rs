@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::prelude::*;
+use crate::common::alike_failure_notes;
 use crate::programs_common::*;
 use serde_json::{json, Map, Value};
 
@@ -518,10 +519,7 @@ fn rows_failing_alike_are_told_once_in_run_and_eval_and_every_row_is_still_writt
         assert_eq!(lines[9]["error"], Value::Null, "{args:?}");
         assert_eq!(lines[15]["error"]["kind"], "validation", "{args:?}");
         let stderr = stderr_of(&out);
-        let told: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("rows all failed the same way"))
-            .collect();
+        let told = alike_failure_notes(&stderr);
         assert_eq!(told.len(), 1, "{args:?}: {stderr}");
         assert!(
             told[0].contains("the last 10 rows all failed the same way (python: ")

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::alike_failure_notes;
 use crate::common::lm_server::LmServer;
 use assert_cmd::cargo::cargo_bin;
 use dspex::config::Config;
@@ -171,10 +172,7 @@ fn a_run_whose_rows_all_fail_alike_says_so_once_and_still_writes_every_row() {
     );
     // Each row made its call and num_retries = 2 retries: the run went on to the end.
     assert_eq!(server.stats()["calls"], 75, "{}", server.stats());
-    let told: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("rows all failed the same way"))
-        .collect();
+    let told = alike_failure_notes(&stderr);
     assert_eq!(told.len(), 1, "{stderr}");
     assert!(
         told[0].contains("the last 10 rows all failed the same way (lm: "),
