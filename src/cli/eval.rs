@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::dataset::{self, Line};
 use super::run::input::Identity;
 use super::run::output::Target;
-use super::run::streak::FailureStreak;
+use super::run::streak::{FailureStreak, EVAL_ADVICE};
 use super::run::{RowError, Window};
 use super::source::{RowArgs, Runner, SourceArgs, SourcePlan};
 use super::{note, CliError, ConfigArgs, Outcome, WorkerArgs};
@@ -192,8 +192,7 @@ async fn score(
         usage: Usage::default(),
         rows_per_second: 0.0,
     };
-    let mut streak =
-        FailureStreak::new("if the rest will too, stop with Ctrl-C and fix the cause first");
+    let mut streak = FailureStreak::new(EVAL_ADVICE);
     while let Some(row) = scored.next().await {
         out.line(&row.line);
         out.flush().map_err(|e| out.error(e))?;

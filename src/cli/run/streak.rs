@@ -15,6 +15,9 @@ pub const SAME_FAILURES: u32 = 10;
 pub const RUN_ADVICE: &str = "if the rest will too, stop with Ctrl-C, fix the cause and run \
     again (with an output file, --resume --retry-failed keeps the rows already done)";
 
+/// What `dspex eval` tells: it has no resume.
+pub const EVAL_ADVICE: &str = "if the rest will too, stop with Ctrl-C and fix the cause first";
+
 /// The current run of rows that failed alike.
 #[derive(Debug)]
 pub struct FailureStreak {
